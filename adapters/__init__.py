@@ -1,0 +1,1 @@
+"""Adapters turn other projects' benchmark formats into the task lists evalkit runs."""

@@ -1,0 +1,104 @@
+"""The `dataset:` block of config.yaml: where a job's tasks come from and which of them run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from pydantic import Field, model_validator
+
+from evalkit.strict import StrictModel
+
+
+class TaskSpec(StrictModel):
+    """One task named directly: a local directory, or a directory inside a git repository."""
+
+    path: str
+    """The task directory: inside the repository for a git task, else a local path (relative to the config
+    file)."""
+    git_url: str | None = None
+    """Repository that holds the task; unset for a local task."""
+    git_commit_id: str | None = None
+    """Full or short SHA, `HEAD` or a branch/tag name; unset means `HEAD`. Only for git tasks."""
+    name: str | None = None
+    """Name in results and filters; default: the last component of `path`."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskSpec:
+        if self.git_commit_id is not None and self.git_url is None:
+            raise ValueError(f"task {self.path!r}: `git_commit_id` needs a `git_url`")
+        if not self.task_name:
+            raise ValueError(f"task {self.path!r}: give it a `name` (its path has no last component)")
+        return self
+
+    @property
+    def task_name(self) -> str:
+        return self.name or PurePosixPath(self.path).name
+
+
+class DatasetConfig(StrictModel):
+    """Exactly one source (`name`, `path` or `tasks`), then filters applied in order: include, exclude,
+    n_tasks."""
+
+    registry: str | None = None
+    """Harbor `registry.json`: a path (relative to the config file) or an http(s) URL; default: the
+    bundled `benchmarks/registry.json`."""
+    name: str | None = None
+    """Registry dataset, `name` or `name@version`."""
+    version: str | None = None
+    """Dataset version; default: `head` if it exists, else the highest PEP 440 version, else the lexically
+    last."""
+    path: str | None = None
+    """Instead of a registry: a local directory whose subdirectories holding a `task.toml` are the tasks."""
+    tasks: list[TaskSpec] = []
+    """Instead of a registry: individual tasks, local or in git repositories."""
+    include: list[str] = []
+    """Task-name globs (fnmatch) to keep; empty keeps every task."""
+    exclude: list[str] = []
+    """Task-name globs to drop, applied after `include`."""
+    n_tasks: int | None = Field(default=None, ge=0)
+    """Keep the first N tasks (registry order) after filtering, for a smoke run; unset keeps all."""
+    cache_dir: str | None = None
+    """Git task cache shared by jobs (relative to the config file); default:
+    `$XDG_CACHE_HOME/evalkit/tasks`, i.e. `~/.cache/evalkit/tasks`."""
+    max_concurrent_fetches: int = Field(default=4, ge=1)
+    """Repositories fetched at once: a few fill a link without flooding the host with git processes."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        sources = [key for key in ("name", "path", "tasks") if getattr(self, key)]
+        if len(sources) != 1:
+            given = f"got {' and '.join(sources)}" if sources else "got none"
+            raise ValueError(
+                "set exactly one task source: `name` (a registry dataset), `path` (a local directory of "
+                f"tasks) or `tasks` (a list of tasks); {given}"
+            )
+        if self.name is None and (self.registry is not None or self.version is not None):
+            raise ValueError("`registry` and `version` select a registry dataset: they need a `name`")
+        if self.name is not None:
+            name, at, version = self.name.partition("@")
+            if not name or (at and not version):
+                raise ValueError(f"dataset name {self.name!r} is not `name` or `name@version`")
+            if at and self.version is not None:
+                raise ValueError(
+                    f"the version is given twice: in `name: {self.name}` and `version: {self.version}`; keep one"
+                )
+        return self
+
+    def dataset_version(self) -> tuple[str, str | None]:
+        """(name, version or None) from `name@version` or the separate `version` field."""
+        assert self.name is not None
+        name, at, version = self.name.partition("@")
+        return name, (version if at else self.version)
+
+    def cache_path(self, base_dir: Path) -> Path:
+        if self.cache_dir is not None:
+            return base_dir / Path(self.cache_dir).expanduser()
+        return default_cache_dir()
+
+
+def default_cache_dir() -> Path:
+    """`<user cache dir>/evalkit/tasks`, honouring XDG_CACHE_HOME when it is an absolute path (as XDG says)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return root / "evalkit" / "tasks"

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+set -euo pipefail
+printf 'Hello, evalkit!\n' > /app/hello.txt

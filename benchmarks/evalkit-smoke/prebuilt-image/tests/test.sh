@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+set -uo pipefail
+mkdir -p /logs/verifier
+if printf 'bookworm\n' | cmp -s - /root/codename.txt; then
+  echo 1 > /logs/verifier/reward.txt
+else
+  echo 0 > /logs/verifier/reward.txt
+fi

@@ -1,0 +1,34 @@
+"""The embeddable API: `await evaluate(config)` inside any running event loop (a training service's, a
+notebook's). It installs no signal handlers and changes no global state; cancelling the awaiting task
+stops the job cleanly (containers removed, `results.json` marked interrupted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from evalkit.config import JobConfig, config_from_dict, load_config
+from evalkit.job import Job, JobResult, ProgressCallback
+
+
+def as_config(config: JobConfig | dict[str, Any] | str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """A JobConfig from a model, a plain dict (paths relative to the working directory) or a YAML file."""
+    if isinstance(config, (str, Path)):
+        return load_config(config, overrides)
+    if isinstance(config, JobConfig):
+        if not overrides:
+            return config
+        return config_from_dict(config.model_dump(), base_dir=config.base_dir, source=config.source, overrides=overrides)
+    return config_from_dict(config, overrides=overrides)
+
+
+async def evaluate(
+    config: JobConfig | dict[str, Any] | str | Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> JobResult:
+    """Run (or resume) a job to the end and return its summary and trial results."""
+    job = Job(as_config(config, overrides), on_progress=on_progress)
+    await job.prepare()
+    return await job.run()

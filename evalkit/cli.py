@@ -1,0 +1,90 @@
+"""`evalkit …`: a thin shell over the API. Exit codes: 0 finished, 1 finished with errored trials,
+2 bad config or input, 3 infrastructure unavailable, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from evalkit.errors import EvalkitError
+
+EXIT_OK, EXIT_TRIAL_ERRORS, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def run_main(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a command's coroutine on uvloop (when available) with SIGINT/SIGTERM cancelling it cleanly."""
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        loop = runner.get_loop()
+        main_task = loop.create_task(coro)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, main_task.cancel)
+        try:
+            return loop.run_until_complete(main_task)
+        except asyncio.CancelledError:
+            print("evalkit: interrupted; running trials were stopped and their containers removed", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except EvalkitError as exc:
+            print(f"evalkit: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+
+
+def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="run (or resume) a job from a config file")
+    p.add_argument("config", help="path to the job's config.yaml")
+    p.add_argument("--job-name", help="override job_name (a new name starts a new job)")
+    p.add_argument("--n-concurrent", type=int, help="trials in flight at once")
+    p.add_argument("--n-tasks", type=int, help="run only the first N selected tasks")
+    p.add_argument("--n-attempts", type=int, help="attempts per task")
+    p.add_argument("--agent", help="agent name (oracle, nop, ...)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    p.set_defaults(handler=_run_command)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from evalkit.config import load_config
+    from evalkit.progress import run_with_progress
+
+    overrides = {
+        key: value
+        for key, value in {
+            "job_name": args.job_name,
+            "n_concurrent": args.n_concurrent,
+            "dataset.n_tasks": args.n_tasks,
+            "n_attempts": args.n_attempts,
+            "agent.name": args.agent,
+        }.items()
+        if value is not None
+    }
+    try:
+        config = load_config(args.config, overrides)
+    except EvalkitError as exc:
+        print(f"evalkit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return run_main(run_with_progress(config, quiet=args.quiet))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from adapters.harbor.cli import add_parser as add_datasets_parser
+    from evalkit.gateway.cli import add_parser as add_gateway_parser
+
+    parser = argparse.ArgumentParser(prog="evalkit", description="Evaluate LLM agents on containerized benchmarks.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(subparsers)
+    add_datasets_parser(subparsers)
+    add_gateway_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)

@@ -1,0 +1,295 @@
+"""`config.yaml` as pydantic models, and a loader whose errors name the file, line and key.
+
+Every block is strict: an unknown or misspelled key is an error, never silently ignored. Relative paths in
+the file are resolved against the file's own directory, so a job runs the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
+
+from adapters.harbor import DatasetConfig
+from evalkit.envvars import expand_env_vars
+from evalkit.errors import TRIAL_ERROR_TYPES, ConfigError
+from evalkit.gateway import LLMApiConfig
+from evalkit.strict import StrictModel
+
+_SECRET_KEY = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
+
+
+class AgentConfig(StrictModel):
+    name: str = "oracle"
+    """Which agent runs the trials: `oracle` (the task's reference solution) or `nop` (does nothing)."""
+    kwargs: dict[str, Any] = {}
+    """Agent-specific options, passed to the agent's constructor."""
+
+
+class EnvironmentConfig(StrictModel):
+    docker_host: str | None = None
+    """Docker Engine API address; default: `DOCKER_HOST`, else the local Unix socket."""
+    network_mode: Literal["host", "none"] = "host"
+    """Network for tasks that allow it (`no-network` tasks always get `none`). `host` keeps traffic on this
+    machine's interfaces; bridge networks are deliberately not offered."""
+    n_concurrent_builds: int = Field(default=1, ge=1)
+    """Image builds in flight at once, separate from trials so a slow build does not idle running agents."""
+    ca_bundle: str | None = None
+    """Host CA bundle mounted read-only into every container (TLS-inspecting networks, private mirrors)."""
+    keep_containers: bool = False
+    """Leave containers running after each trial (debugging only; they still carry the job's labels)."""
+
+
+class TimeoutsConfig(StrictModel):
+    """Each phase's timeout is (task value or override) × `multiplier` × that phase's multiplier."""
+
+    multiplier: float = Field(default=1.0, gt=0)
+    """Global factor on every phase, for slow machines."""
+    build_multiplier: float = Field(default=1.0, gt=0)
+    start_multiplier: float = Field(default=1.0, gt=0)
+    agent_setup_multiplier: float = Field(default=1.0, gt=0)
+    agent_multiplier: float = Field(default=1.0, gt=0)
+    verifier_multiplier: float = Field(default=1.0, gt=0)
+    build_sec: float | None = Field(default=None, gt=0)
+    """Override of the tasks' `[environment] build_timeout_sec`."""
+    start_sec: float = Field(default=120.0, gt=0)
+    """Container create + start."""
+    agent_setup_sec: float = Field(default=360.0, gt=0)
+    agent_sec: float | None = Field(default=None, gt=0)
+    """Override of the tasks' `[agent] timeout_sec` (absent there means no limit)."""
+    verifier_sec: float | None = Field(default=None, gt=0)
+    """Override of the tasks' `[verifier] timeout_sec`."""
+
+
+class RetryConfig(StrictModel):
+    max_retries: int = Field(default=0, ge=0)
+    """Extra tries for a trial that ended in a retryable error; every try keeps its own directory."""
+    include_errors: list[str] | None = None
+    """Error types to retry; default: the types that are retryable by nature (infrastructure hiccups)."""
+    exclude_errors: list[str] = []
+    """Error types never retried, even when in `include_errors`."""
+    backoff_sec: float = Field(default=1.0, ge=0)
+    """Wait before the first retry; doubles on each further retry."""
+    max_backoff_sec: float = Field(default=60.0, ge=0)
+
+    @field_validator("include_errors", "exclude_errors")
+    @classmethod
+    def _known_error_types(cls, names: list[str] | None) -> list[str] | None:
+        for name in names or []:
+            if name not in TRIAL_ERROR_TYPES:
+                raise ValueError(f"unknown error type {name!r}; known: {', '.join(TRIAL_ERROR_TYPES)}")
+        return names
+
+    def should_retry(self, error_type: str) -> bool:
+        if error_type in self.exclude_errors:
+            return False
+        if self.include_errors is not None:
+            return error_type in self.include_errors
+        cls = TRIAL_ERROR_TYPES.get(error_type)
+        return cls is not None and cls.retryable
+
+
+class JobConfig(StrictModel):
+    job_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+    """Directory name under `jobs_dir`; running the same job name again resumes it."""
+    jobs_dir: Path = Path("artifacts/jobs")
+    """Where job directories live (relative to the config file)."""
+    n_attempts: int = Field(default=1, ge=1)
+    """Independent attempts per task (pass@k needs k ≤ n_attempts)."""
+    n_concurrent: int = Field(default=4, ge=1)
+    """Trials in flight at once."""
+    dataset: DatasetConfig
+    agent: AgentConfig = AgentConfig()
+    environment: EnvironmentConfig = EnvironmentConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    retry: RetryConfig = RetryConfig()
+    llm_api: LLMApiConfig | None = None
+    """The model behind the per-job gateway; needed only by agents that call a model."""
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _source: str = PrivateAttr(default="<config>")
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative paths in the config are resolved against."""
+        return self._base_dir
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def job_dir(self) -> Path:
+        return self.resolve_path(self.jobs_dir) / self.job_name
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """The artifacts root (parent of `jobs_dir`), where `litellm/<job>/` lives too."""
+        return self.resolve_path(self.jobs_dir).parent
+
+    def resolve_path(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self._base_dir / p
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change when a job is resumed: the work itself, not how fast it is done."""
+        return self.model_dump(
+            mode="json",
+            include={"dataset", "agent", "n_attempts", "timeouts", "llm_api"},
+            exclude={"dataset": {"cache_dir", "max_concurrent_fetches"}},
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as a plain dict with secret-looking values replaced, for snapshots on disk."""
+        return _redact(self.model_dump(mode="json"))
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: ("***" if _SECRET_KEY.search(str(k)) and v else _redact(v)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> JobConfig:
+    """Read, interpolate and validate a config file. `overrides` maps dotted keys to values (CLI flags)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    data, lines = _parse_yaml(text, str(path), environ)
+    return config_from_dict(data, base_dir=path.resolve().parent, source=str(path), lines=lines, overrides=overrides)
+
+
+def config_from_dict(
+    data: dict[str, Any] | JobConfig,
+    *,
+    base_dir: Path | None = None,
+    source: str = "<config>",
+    lines: dict[tuple[Any, ...], int] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> JobConfig:
+    if isinstance(data, JobConfig):
+        return data
+    data = dict(data)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted.split("."), value)
+    try:
+        config = JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, lines or {})) from None
+    config._base_dir = (base_dir or Path.cwd()).resolve()
+    config._source = source
+    return config
+
+
+def _set_dotted(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        data[key] = dict(data.get(key) or {})
+        data = data[key]
+    data[keys[-1]] = value
+
+
+def _parse_yaml(
+    text: str, source: str, environ: dict[str, str] | None
+) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]:
+    """Parse YAML into plain data plus a map from key paths to 1-based line numbers."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    if root is None:
+        raise ConfigError(f"{source}: the config file is empty")
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{source}:{root.start_mark.line + 1}: the config must be a mapping of keys to values")
+    scalars = yaml.constructor.SafeConstructor()
+    lines: dict[tuple[Any, ...], int] = {}
+
+    def to_data(node: yaml.Node, path: tuple[Any, ...]) -> Any:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = scalars.construct_object(key_node)
+                lines[(*path, key)] = key_node.start_mark.line + 1
+                out[key] = to_data(value_node, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [to_data(item, (*path, i)) for i, item in enumerate(node.value)]
+        value = scalars.construct_object(node)
+        if isinstance(value, str) and "${" in value:
+            try:
+                value = expand_env_vars(value, environ)
+            except KeyError as exc:
+                name = exc.args[0]
+                raise ConfigError(
+                    f"{source}:{lines[path]}: {_dotted(path)}: environment variable {name} is not set "
+                    f"(write ${{{name}:-default}} to give a default)"
+                ) from None
+        return value
+
+    return to_data(root, ()), lines
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def format_validation_error(exc: ValidationError, source: str, lines: dict[tuple[Any, ...], int]) -> str:
+    """One line per problem: `file:line: dotted.key: what is wrong`."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
+        where = f"{source}:{line}" if line else source
+        if err["type"] == "extra_forbidden":
+            what = f"unknown key{_suggest_key(exc.title, loc)}"
+        elif err["type"] == "missing":
+            what = "required key is missing"
+        else:
+            what = err["msg"]
+            if "input" in err and not isinstance(err["input"], (dict, list)):
+                what += f" (got {err['input']!r})"
+        problems.append(f"{where}: {_dotted(loc)}: {what}")
+    return "invalid config:\n  " + "\n  ".join(problems)
+
+
+def _suggest_key(model_name: str, loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] | None = JobConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model else None
+        model = _model_of(field.annotation) if field else None
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else f"; allowed: {', '.join(model.model_fields)}"
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if (found := _model_of(arg)) is not None:
+            return found
+    return None

@@ -1,0 +1,174 @@
+"""Task images, built once: tagged by a content hash of the build context, reused across trials and jobs.
+
+A build runs at most once per image at a time (per-image lock), builds are bounded separately from trials,
+and a failed build is remembered for the rest of the job so other attempts of the task fail fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+import tarfile
+from pathlib import Path
+
+import aiodocker
+
+from evalkit.errors import EnvironmentBuildError
+from evalkit.tasks import Task
+
+LABEL_CONTEXT = "evalkit.context-sha256"
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every file and directory under root, sorted, so hashes and tars are deterministic."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        out.extend(base / d for d in dirnames)
+        out.extend(base / f for f in sorted(filenames))
+    return sorted(out)
+
+
+def context_hash(root: Path) -> str:
+    """sha256 over relative paths, modes and contents (not timestamps): same context, same image."""
+    digest = hashlib.sha256()
+    for path in _walk(root):
+        st = path.lstat()
+        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.S_IMODE(st.st_mode):o}\0".encode())
+        if stat.S_ISLNK(st.st_mode):
+            digest.update(os.readlink(path).encode())
+        elif stat.S_ISREG(st.st_mode):
+            digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def tar_directory(root: Path, prefix: str = "") -> bytes:
+    """A tar of root's contents; with `prefix`, laid out under that directory (created by the tar itself)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        if prefix:
+            info = tarfile.TarInfo(prefix)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for path in _walk(root):
+            arcname = "/".join(p for p in (prefix, path.relative_to(root).as_posix()) if p)
+            info = tar.gettarinfo(str(path), arcname)
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mtime = 0
+            if info.isreg():
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def image_tag(task: Task, digest: str) -> str:
+    repo = re.sub(r"[^a-z0-9._-]+", "-", task.name.lower()).strip("-._") or "task"
+    return f"evalkit/{repo[:100]}:{digest[:16]}"
+
+
+class ImageBuilder:
+    def __init__(self, client: aiodocker.Docker, *, n_concurrent: int, job_name: str) -> None:
+        self._client = client
+        self._builds = asyncio.Semaphore(n_concurrent)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._ready: set[str] = set()
+        self._failed: dict[str, str] = {}
+        self._hashes: dict[Path, str] = {}
+        self._job_name = job_name
+
+    async def ensure(self, task: Task, *, timeout_sec: float | None, log_path: Path) -> str:
+        """The image to run `task` in: its prebuilt `docker_image`, or a cached or freshly built one."""
+        prebuilt = task.config.environment.docker_image
+        if prebuilt:
+            await self._require_present(prebuilt)
+            return prebuilt
+        context = task.environment_dir
+        if context not in self._hashes:
+            self._hashes[context] = await asyncio.to_thread(context_hash, context)
+        tag = image_tag(task, self._hashes[context])
+        if tag in self._ready:
+            return tag
+        lock = self._locks.setdefault(tag, asyncio.Lock())
+        async with lock:
+            if tag in self._failed:
+                raise EnvironmentBuildError(self._failed[tag])
+            if tag not in self._ready:
+                if not await self._exists(tag):
+                    try:
+                        async with self._builds:
+                            await self._build(task, tag, timeout_sec=timeout_sec, log_path=log_path)
+                    except EnvironmentBuildError as exc:
+                        self._failed[tag] = str(exc)
+                        raise
+                self._ready.add(tag)
+        return tag
+
+    async def _exists(self, name: str) -> bool:
+        try:
+            await self._client.images.inspect(name)
+            return True
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    async def _require_present(self, name: str) -> None:
+        if name in self._ready:
+            return
+        if not await self._exists(name):
+            repo, _, tag = name.partition(":")
+            try:
+                await self._client.images.pull(repo, tag=tag or "latest")
+            except aiodocker.DockerError as exc:
+                raise EnvironmentBuildError(f"prebuilt image {name!r} is not present and cannot be pulled: {exc.message}") from None
+        self._ready.add(name)
+
+    async def _build(self, task: Task, tag: str, *, timeout_sec: float | None, log_path: Path) -> None:
+        context = await asyncio.to_thread(tar_directory, task.environment_dir)
+        params = {
+            "t": tag,
+            "rm": "1",
+            "forcerm": "1",  # a failed step must not leave its container behind
+            "networkmode": "host",  # RUN steps that fetch packages; there is no bridge here
+            "labels": json.dumps({LABEL_CONTEXT: tag.rsplit(":", 1)[1], "evalkit.built-by-job": self._job_name}),
+        }
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        lines: list[str] = []
+        error: str | None = None
+        try:
+            async with asyncio.timeout(timeout_sec):
+                async with self._client._query(
+                    "build", method="POST", params=params, data=context,
+                    headers={"Content-Type": "application/x-tar"}, timeout=None,
+                ) as response:
+                    async for raw in response.content:
+                        if not raw.strip():
+                            continue
+                        try:
+                            event = json.loads(raw)
+                        except ValueError:
+                            continue
+                        if "stream" in event:
+                            lines.append(event["stream"])
+                        if "error" in event:
+                            error = event["error"].strip()
+                            lines.append(f"ERROR: {error}\n")
+        except TimeoutError:
+            error = f"image build outlived its timeout of {timeout_sec:.0f} s"
+        except aiodocker.DockerError as exc:
+            error = exc.message
+        finally:
+            log_path.write_text("".join(lines))
+        if error is not None:
+            tail = "\n".join("".join(lines).strip().splitlines()[-5:])
+            raise EnvironmentBuildError(f"building {task.name} failed: {error}" + (f"\n{tail}" if tail else ""))

@@ -1,0 +1,118 @@
+"""The `llm_api:` block of config.yaml: the model agents see and the upstream deployments behind it.
+
+Switching between a remote API (Mode A) and a local vLLM server (Mode B) is an edit of `deployments`; nothing
+else changes. Secrets never appear here: a deployment names the environment variable that holds its key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from evalkit.strict import StrictModel
+
+Protocol = Literal["openai_chat", "openai_responses", "anthropic_messages", "anthropic_count_tokens"]
+"""A wire protocol a client speaks to the gateway, and that an upstream may serve natively."""
+
+NATIVE_PROTOCOLS: dict[str, tuple[Protocol, ...]] = {
+    "hosted_vllm": ("openai_chat",),
+    "custom_openai": ("openai_chat",),
+    "openai": ("openai_chat", "openai_responses"),
+    "anthropic": ("anthropic_messages", "anthropic_count_tokens"),
+}
+"""What each LiteLLM provider prefix serves without translation; other providers are reached through LiteLLM."""
+
+DEFAULT_API_ROOTS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
+"""Where the pass-through path goes when a deployment of these providers sets no `api_base`."""
+
+_SECRET_PARAM = ("key", "secret", "token", "password", "credential")
+
+
+class DeploymentConfig(StrictModel):
+    model: str = Field(pattern=r"^[A-Za-z0-9_.-]+/.+$")
+    """LiteLLM model string `provider/name`, e.g. `hosted_vllm/smollm2` or `anthropic/claude-sonnet-4-5`."""
+    api_base: str | None = None
+    """Upstream base URL, e.g. `http://127.0.0.1:8000/v1`; default: the provider's public endpoint."""
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Name of the environment variable holding the upstream key (never the key itself); none for a keyless vLLM."""
+    max_in_flight: int | None = Field(default=None, ge=1)
+    """Cap on calls in flight to this deployment (others wait for a slot); none means no cap."""
+    protocols: list[Protocol] | None = None
+    """Protocols the upstream serves natively, forwarded byte for byte; default: inferred from the provider
+    prefix (vLLM and OpenAI: `openai_chat`; Anthropic: `anthropic_messages`). Add `anthropic_messages` for a
+    vLLM that serves `/v1/messages`."""
+    name: str | None = None
+    """Label in trajectories and /health; default `model@api_base`."""
+    stream_usage: bool = True
+    """Ask for token usage on streamed OpenAI chat calls even when the agent did not (the extra usage event is
+    not passed to the agent); turn off for servers that reject `stream_options`."""
+    input_cost_per_token: float | None = Field(default=None, ge=0)
+    """Price override in USD; default: LiteLLM's price map (unknown for local models: cost stays unset)."""
+    output_cost_per_token: float | None = Field(default=None, ge=0)
+    """Price override in USD for generated tokens."""
+    litellm_params: dict[str, Any] = {}
+    """Extra keyword arguments for LiteLLM on the translated path, e.g. `{drop_params: true}`."""
+
+    @field_validator("litellm_params")
+    @classmethod
+    def _no_secrets(cls, params: dict[str, Any]) -> dict[str, Any]:
+        for key in params:
+            if any(word in key.lower() for word in _SECRET_PARAM):
+                raise ValueError(f"{key!r} looks like a secret: name its environment variable in api_key_env")
+        return params
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0]
+
+    @property
+    def upstream_model(self) -> str:
+        """The model name the upstream itself knows (the part after the provider prefix)."""
+        return self.model.split("/", 1)[1]
+
+    @property
+    def native(self) -> frozenset[str]:
+        return frozenset(self.protocols if self.protocols is not None else NATIVE_PROTOCOLS.get(self.provider, ()))
+
+    @property
+    def api_root(self) -> str | None:
+        """Base URL without a trailing `/v1`: pass-through paths are appended whole (`/v1/chat/completions`)."""
+        base = (self.api_base or DEFAULT_API_ROOTS.get(self.provider, "")).rstrip("/")
+        return (base[:-3] if base.endswith("/v1") else base) or None
+
+    @property
+    def label(self) -> str:
+        return self.name or (f"{self.model}@{self.api_base}" if self.api_base else self.model)
+
+
+class LLMApiConfig(StrictModel):
+    model: str = Field(min_length=1)
+    """The model name agents see and must send (e.g. `smollm2`)."""
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    """Upstreams serving that model; each trial is pinned to one while it stays healthy."""
+    host: str = "127.0.0.1"
+    """Address the gateway listens on; loopback by default so nothing outside this machine can reach it."""
+    port: int = Field(default=0, ge=0, le=65535)
+    """Port to listen on; 0 picks a free one (the job passes the URL to its agents)."""
+    timeout_sec: float = Field(default=600.0, gt=0)
+    """Limit on one upstream attempt, streaming included; long generations on slow local models need minutes."""
+    max_retries: int = Field(default=3, ge=0)
+    """Further attempts after a 408/429/5xx, a connection error or a timeout, before any byte reached the agent."""
+    retry_backoff_sec: float = Field(default=0.5, ge=0)
+    """First wait between attempts, doubled each time (with jitter); `Retry-After` wins when longer."""
+    max_retry_wait_sec: float = Field(default=60.0, ge=0)
+    """Ceiling on any single wait, `Retry-After` included."""
+    cooldown_sec: float = Field(default=30.0, ge=0)
+    """How long a failing deployment gets no new calls; its trials are re-pinned meanwhile."""
+    allowed_fails: int = Field(default=0, ge=0)
+    """Consecutive failed attempts a deployment may have before it is cooled down (0: at the first)."""
+    max_body_bytes: int = Field(default=32 * 1024**2, ge=1024)
+    """Largest request body accepted (413 above it); long agent conversations with images run to megabytes."""
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> LLMApiConfig:
+        labels = [d.label for d in self.deployments]
+        if len(set(labels)) != len(labels):
+            raise ValueError("two deployments have the same model and api_base: give them distinct `name`s")
+        return self

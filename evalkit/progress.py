@@ -1,0 +1,67 @@
+"""What a person sees while a job runs: a live progress bar, then a summary table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from evalkit.config import JobConfig
+from evalkit.job import Job
+from evalkit.job import Progress as JobProgress
+from evalkit.results import JobSummary, TrialResult
+
+
+async def run_with_progress(config: JobConfig, *, quiet: bool = False) -> int:
+    """Run a job with a progress bar on stderr; returns the CLI exit code (0, or 1 if any trial errored)."""
+    console = Console(stderr=True)
+    job = Job(config)
+    await job.prepare()
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("reward {task.fields[reward]}  errors {task.fields[errors]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
+    counts = job.progress
+    bar_id = bar.add_task(config.job_name, total=counts.total, completed=counts.done, **_fields(counts))
+
+    def on_progress(_: TrialResult, progress: JobProgress) -> None:
+        bar.update(bar_id, completed=progress.done, **_fields(progress))
+
+    job.on_progress = on_progress
+    if counts.done and not quiet:
+        console.print(f"resuming {config.job_name}: {counts.done}/{counts.total} trials already finished")
+    with bar:
+        result = await job.run()
+    if not quiet:
+        console.print(summary_table(result.summary))
+        console.print(f"results: {result.job_dir / 'results.json'}")
+    return 1 if result.summary.n_errored else 0
+
+
+def _fields(progress: JobProgress) -> dict[str, str]:
+    mean = progress.mean_reward
+    return {"reward": "-" if mean is None else f"{mean:.3f}", "errors": str(progress.errored)}
+
+
+def summary_table(summary: JobSummary) -> Table:
+    table = Table(title=f"{summary.job_name}: {summary.status}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("trials", f"{summary.n_finished}/{summary.n_trials} finished ({summary.n_tries} tries)")
+    table.add_row("mean reward", "-" if summary.mean_reward is None else f"{summary.mean_reward:.3f}")
+    table.add_row("pass rate", "-" if summary.pass_rate is None else f"{summary.pass_rate:.1%}")
+    for name, score in summary.pass_at_k.items():
+        table.add_row(name, f"{score:.3f}")
+    for error_type, count in sorted(summary.errors.items()):
+        table.add_row(f"[red]{error_type}", str(count))
+    for phase, stats in summary.phases.items():
+        table.add_row(f"{phase} time", f"mean {stats.mean_sec:.2f}s  p95 {stats.p95_sec:.2f}s  max {stats.max_sec:.2f}s")
+    return table

@@ -1,0 +1,7 @@
+"""The base of every config model: unknown keys are errors, so typos never pass silently."""
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
