@@ -1,24 +1,40 @@
 """evalkit: evaluate LLM agents on containerized benchmarks.
 
-The supported surface is what this module exports; everything else may move.
+The supported surface is what this module exports; everything else may move. Exports load lazily, so
+`import evalkit.<module>` (as the adapters and the gateway do) never drags in the whole engine.
 """
 
-from evalkit.api import evaluate
-from evalkit.config import JobConfig, load_config
-from evalkit.errors import ConfigError, EvalkitError, InfrastructureError, TrialError
-from evalkit.job import JobResult, Progress
-from evalkit.results import JobSummary, TrialResult
+from __future__ import annotations
 
-__all__ = [
-    "ConfigError",
-    "EvalkitError",
-    "InfrastructureError",
-    "JobConfig",
-    "JobResult",
-    "JobSummary",
-    "Progress",
-    "TrialError",
-    "TrialResult",
-    "evaluate",
-    "load_config",
-]
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "evaluate": "evalkit.api",
+    "JobConfig": "evalkit.config",
+    "load_config": "evalkit.config",
+    "ConfigError": "evalkit.errors",
+    "EvalkitError": "evalkit.errors",
+    "InfrastructureError": "evalkit.errors",
+    "TrialError": "evalkit.errors",
+    "JobResult": "evalkit.job",
+    "Progress": "evalkit.job",
+    "JobSummary": "evalkit.results",
+    "TrialResult": "evalkit.results",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'evalkit' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from evalkit.api import evaluate
+    from evalkit.config import JobConfig, load_config
+    from evalkit.errors import ConfigError, EvalkitError, InfrastructureError, TrialError
+    from evalkit.job import JobResult, Progress
+    from evalkit.results import JobSummary, TrialResult

@@ -224,7 +224,8 @@ def _parse_yaml(
     lines: dict[tuple[Any, ...], int] = {}
 
     def to_data(node: yaml.Node, path: tuple[Any, ...]) -> Any:
-        lines.setdefault(path, node.start_mark.line + 1)
+        if path:  # the root's line says nothing; a key missing at the top names just the file
+            lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:

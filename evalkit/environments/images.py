@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import stat
 import tarfile
 from pathlib import Path
@@ -20,9 +19,6 @@ import aiodocker
 
 from evalkit.errors import EnvironmentBuildError
 from evalkit.tasks import Task
-
-LABEL_CONTEXT = "evalkit.context-sha256"
-
 
 def _walk(root: Path) -> list[Path]:
     """Every file and directory under root, sorted, so hashes and tars are deterministic."""
@@ -71,9 +67,9 @@ def tar_directory(root: Path, prefix: str = "") -> bytes:
     return buf.getvalue()
 
 
-def image_tag(task: Task, digest: str) -> str:
-    repo = re.sub(r"[^a-z0-9._-]+", "-", task.name.lower()).strip("-._") or "task"
-    return f"evalkit/{repo[:100]}:{digest[:16]}"
+def image_tag(digest: str) -> str:
+    """Named by content alone, so tasks with identical environments share one image."""
+    return f"evalkit/env:{digest[:20]}"
 
 
 class ImageBuilder:
@@ -95,7 +91,7 @@ class ImageBuilder:
         context = task.environment_dir
         if context not in self._hashes:
             self._hashes[context] = await asyncio.to_thread(context_hash, context)
-        tag = image_tag(task, self._hashes[context])
+        tag = image_tag(self._hashes[context])
         if tag in self._ready:
             return tag
         lock = self._locks.setdefault(tag, asyncio.Lock())
@@ -140,7 +136,7 @@ class ImageBuilder:
             "rm": "1",
             "forcerm": "1",  # a failed step must not leave its container behind
             "networkmode": "host",  # RUN steps that fetch packages; there is no bridge here
-            "labels": json.dumps({LABEL_CONTEXT: tag.rsplit(":", 1)[1], "evalkit.built-by-job": self._job_name}),
+            "labels": json.dumps({"evalkit.task": task.name, "evalkit.built-by": self._job_name}),
         }
         log_path.parent.mkdir(parents=True, exist_ok=True)
         lines: list[str] = []

@@ -47,10 +47,10 @@ class DeploymentConfig(StrictModel):
     stream_usage: bool = True
     """Ask for token usage on streamed OpenAI chat calls even when the agent did not (the extra usage event is
     not passed to the agent); turn off for servers that reject `stream_options`."""
-    input_cost_per_token: float | None = Field(default=None, ge=0)
-    """Price override in USD; default: LiteLLM's price map (unknown for local models: cost stays unset)."""
-    output_cost_per_token: float | None = Field(default=None, ge=0)
-    """Price override in USD for generated tokens."""
+    usd_per_million_input: float | None = Field(default=None, ge=0)
+    """Price override for prompt tokens; default: LiteLLM's price map (local models are not in it: no cost)."""
+    usd_per_million_output: float | None = Field(default=None, ge=0)
+    """Price override for generated tokens (set both, or neither)."""
     litellm_params: dict[str, Any] = {}
     """Extra keyword arguments for LiteLLM on the translated path, e.g. `{drop_params: true}`."""
 

@@ -1,0 +1,137 @@
+"""Per-trial overhead of evalkit against the floor: the same Docker work done directly with aiodocker.
+
+Both sides run N trivial tasks (write a file, check it) at concurrency 1, 4 and 8, doing the same sequence
+per trial: create + start a container (init, host network, /logs bind mounts), upload solution/, exec
+solve.sh, upload tests/, exec test.sh, read the reward from the bind-mounted directory, remove the
+container. The image is built before timing starts (both sides reuse it). Prints JSON; `ratio` is
+evalkit wall time / floor wall time measured in the same run, so machine speed cancels out.
+
+    .venv/bin/python benchmarks/perf/trial_overhead.py [--tasks 20] [--concurrency 1 4 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import aiodocker
+
+from evalkit import evaluate
+from evalkit.environments.images import context_hash, image_tag, tar_directory
+
+SOLVE = "echo done > /tmp/out.txt\n"
+TEST = 'if grep -q done /tmp/out.txt; then echo 1 > /logs/verifier/reward.txt; else echo 0 > /logs/verifier/reward.txt; fi\n'
+
+
+def make_tasks(root: Path, n: int) -> Path:
+    tasks = root / "tasks"
+    for i in range(n):
+        task = tasks / f"trivial-{i:02d}"
+        for sub in ("environment", "tests", "solution"):
+            (task / sub).mkdir(parents=True)
+        (task / "task.toml").write_text('schema_version = "1.1"\n[agent]\ntimeout_sec = 60\n[verifier]\ntimeout_sec = 60\n')
+        (task / "instruction.md").write_text("Write 'done' to /tmp/out.txt.\n")
+        (task / "environment" / "Dockerfile").write_text("FROM debian:bookworm-slim\nWORKDIR /app\n")
+        (task / "solution" / "solve.sh").write_text(SOLVE)
+        (task / "tests" / "test.sh").write_text(TEST)
+    return tasks
+
+
+async def floor_trial(docker: aiodocker.Docker, image: str, task: Path, trial_dir: Path) -> float:
+    binds = []
+    for sub, target in (("agent", "/logs/agent"), ("evaluation", "/logs/verifier"), ("artifacts", "/logs/artifacts")):
+        (trial_dir / sub).mkdir(parents=True)
+        binds.append(f"{trial_dir / sub}:{target}")
+    container = await docker.containers.create(
+        {
+            "Image": image,
+            "Entrypoint": ["sleep"],
+            "Cmd": ["infinity"],
+            "Labels": {"evalkit.job": "perf-floor"},
+            "HostConfig": {"Init": True, "NetworkMode": "host", "Binds": binds},
+        }
+    )
+    try:
+        await container.start()
+        for source, target, command in (
+            (task / "solution", "solution", "bash /solution/solve.sh > /logs/agent/oracle.txt 2>&1"),
+            (task / "tests", "tests", "bash /tests/test.sh > /logs/verifier/test-stdout.txt 2>&1"),
+        ):
+            await container.put_archive("/", await asyncio.to_thread(tar_directory, source, target))
+            execution = await container.exec(["bash", "-c", command])
+            async with execution.start(detach=False) as stream:
+                while await stream.read_out() is not None:
+                    pass
+            await execution.inspect()
+        return float((trial_dir / "evaluation" / "reward.txt").read_text())
+    finally:
+        await container.delete(force=True)
+
+
+async def run_floor(tasks: list[Path], image: str, concurrency: int, out: Path) -> float:
+    slots = asyncio.Semaphore(concurrency)
+    async with aiodocker.Docker() as docker:
+
+        async def one(task: Path) -> float:
+            async with slots:
+                return await floor_trial(docker, image, task, out / task.name)
+
+        start = time.perf_counter()
+        rewards = await asyncio.gather(*(one(t) for t in tasks))
+        elapsed = time.perf_counter() - start
+    assert all(r == 1.0 for r in rewards), rewards
+    return elapsed
+
+
+async def run_evalkit(tasks_dir: Path, concurrency: int, jobs_dir: Path) -> float:
+    config = {
+        "job_name": f"perf-c{concurrency}",
+        "jobs_dir": str(jobs_dir),
+        "n_concurrent": concurrency,
+        "dataset": {"path": str(tasks_dir)},
+        "agent": {"name": "oracle"},
+    }
+    start = time.perf_counter()
+    result = await evaluate(config)
+    elapsed = time.perf_counter() - start
+    assert result.summary.n_finished == result.summary.n_trials and result.summary.mean_reward == 1.0, result.summary
+    return elapsed
+
+
+async def main(n_tasks: int, levels: list[int]) -> dict:
+    root = Path(tempfile.mkdtemp(prefix="evalkit-perf-"))
+    try:
+        tasks_dir = make_tasks(root, n_tasks)
+        tasks = sorted(tasks_dir.iterdir())
+        # Build the shared image once, outside the timings (evalkit names images by context hash).
+        await evaluate({"job_name": "warmup", "jobs_dir": str(root / "warmup"), "dataset": {"path": str(tasks_dir), "n_tasks": 1}})
+        image = image_tag(context_hash(tasks[0] / "environment"))
+        figures = []
+        for c in levels:
+            floor = await run_floor(tasks, image, c, root / f"floor-c{c}")
+            ours = await run_evalkit(tasks_dir, c, root / "jobs")
+            figures.append(
+                {
+                    "concurrency": c,
+                    "floor_s": round(floor, 2),
+                    "evalkit_s": round(ours, 2),
+                    "ratio": round(ours / floor, 3),
+                    "evalkit_s_per_trial": round(ours / n_tasks, 3),
+                }
+            )
+        return {"benchmark": "trial_overhead", "n_tasks": n_tasks, "target_ratio": 1.3, "results": figures}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.tasks, args.concurrency)), indent=2))

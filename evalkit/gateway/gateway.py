@@ -1,0 +1,149 @@
+"""`Gateway`: one per job, on 127.0.0.1, from `serve()` to the end of its `async with` block.
+
+Everything a gateway owns (server, connection pool, deployment state, trials, files) hangs off the instance,
+so several gateways can share a process and an event loop, including a host application's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.parse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from evalkit.errors import ConfigError
+from evalkit.gateway.config import LLMApiConfig
+from evalkit.gateway.routing import Deployment, DeploymentPool
+from evalkit.gateway.server import Front
+from evalkit.gateway.trajectory import JsonlWriter
+from evalkit.gateway.translate import load_litellm, price_of
+from evalkit.gateway.trials import ModelUsage, Trial, TrialAccess, new_key
+
+SHUTDOWN_GRACE_SEC = 1.0
+"""How long the server waits for requests that no trial owns (health checks, 401s) when stopping."""
+
+
+def _api_keys(config: LLMApiConfig) -> list[str | None]:
+    keys = []
+    for i, deployment in enumerate(config.deployments):
+        if deployment.api_key_env is None:
+            keys.append(None)
+        elif not (key := os.environ.get(deployment.api_key_env)):
+            raise ConfigError(f"llm_api.deployments[{i}].api_key_env: environment variable {deployment.api_key_env} is not set")
+        else:
+            keys.append(key)
+    return keys
+
+
+def _without_credentials(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl() if parts.username else url
+
+
+def router_config(config: LLMApiConfig, job_name: str, url: str) -> dict[str, Any]:
+    """The job's deployments in LiteLLM's proxy-config shape, keys as `os.environ/NAME` references only."""
+    model_list = []
+    for deployment in config.deployments:
+        params: dict[str, Any] = {"model": deployment.model, "timeout": config.timeout_sec, **deployment.litellm_params}
+        if deployment.api_base:
+            params["api_base"] = _without_credentials(deployment.api_base)
+        if deployment.api_key_env:
+            params["api_key"] = f"os.environ/{deployment.api_key_env}"
+        if deployment.max_in_flight:
+            params["max_parallel_requests"] = deployment.max_in_flight
+        model_list.append({"model_name": config.model, "litellm_params": params, "model_info": {"id": deployment.label}})
+    llm_api = config.model_dump(mode="json")
+    for deployment in llm_api["deployments"]:
+        deployment["api_base"] = _without_credentials(deployment["api_base"])
+    return {
+        "model_list": model_list,
+        "router_settings": {
+            "num_retries": config.max_retries,
+            "cooldown_time": config.cooldown_sec,
+            "allowed_fails": config.allowed_fails,
+            "timeout": config.timeout_sec,
+        },
+        "evalkit": {"job": job_name, "url": url, "routing": "sticky per trial, least-loaded placement", "llm_api": llm_api},
+    }
+
+
+class Gateway:
+    """The per-job model endpoint. Create it with `Gateway.serve(...)`; open a trial per agent run."""
+
+    def __init__(self, config: LLMApiConfig, job_dir: Path, pool: DeploymentPool, session: aiohttp.ClientSession, secrets: list[str]) -> None:
+        self.config = config
+        self.job_dir = job_dir
+        """`artifacts/litellm/<job>/`: router config and requests no trial owns."""
+        self.url = ""
+        self._pool, self._session = pool, session
+        self._trials: dict[str, Trial] = {}
+        self._closed: dict[str, ModelUsage] = {}
+        self._rejected = JsonlWriter(job_dir / "rejected.jsonl")
+        self._front = Front(config, pool, session, self._trials, self._closed, self._rejected, secrets)
+
+    @classmethod
+    @asynccontextmanager
+    async def serve(cls, config: LLMApiConfig, *, job_name: str, artifacts_dir: Path) -> AsyncIterator[Gateway]:
+        """Start the server; on exit (cancellation included) stop it and close every trial's trajectory."""
+        keys = _api_keys(config)
+        await asyncio.to_thread(load_litellm)  # seconds of imports, kept off the event loop
+        prices = [await asyncio.to_thread(price_of, d) for d in config.deployments]
+        deployments = [Deployment(i, d, keys[i], prices[i]) for i, d in enumerate(config.deployments)]
+        job_dir = Path(artifacts_dir) / "litellm" / job_name
+        await asyncio.to_thread(job_dir.mkdir, parents=True, exist_ok=True)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=None),  # deadlines are enforced per attempt by the pool
+            auto_decompress=False,
+        )
+        gateway = cls(config, job_dir, DeploymentPool(deployments, config), session, [k for k in keys if k])
+        runner = web.ServerRunner(web.Server(gateway._front.handle, handler_cancellation=True), shutdown_timeout=SHUTDOWN_GRACE_SEC)
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, config.host, config.port)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            gateway.url = f"http://{config.host}:{port}"
+            text = yaml.safe_dump(router_config(config, job_name, gateway.url), sort_keys=False)
+            await asyncio.to_thread((job_dir / "router.yaml").write_text, text)
+            yield gateway
+        finally:
+            gateway._front.stopping = True
+            await asyncio.gather(*(gateway.close_trial(key) for key in list(gateway._trials)))
+            await runner.cleanup()
+            await session.close()
+            gateway._rejected.close()
+
+    def open_trial(self, trial_id: str, trajectory_path: Path, *, api_key: str | None = None) -> TrialAccess:
+        """Issue a fresh key whose calls are appended to `trajectory_path` (`api_key` only for ad-hoc use)."""
+        key = api_key or new_key()
+        if key in self._trials or key in self._closed:
+            raise ValueError("that key was already issued by this gateway")
+        trajectory_path.parent.mkdir(parents=True, exist_ok=True)
+        self._trials[key] = Trial(trial_id, key, trajectory_path)
+        return TrialAccess(trial_id=trial_id, api_key=key, base_url=self.url + "/v1", anthropic_base_url=self.url, model=self.config.model)
+
+    async def close_trial(self, api_key: str) -> ModelUsage:
+        """Revoke the key (401 from now on), cancel the trial's calls in flight, close its file, sum its usage."""
+        if api_key in self._closed:
+            return self._closed[api_key].model_copy()
+        trial = self._trials.pop(api_key)
+        trial.closed = True
+        self._pool.unpin(api_key)
+        if trial.calls:
+            calls = list(trial.calls)
+            for task in calls:
+                task.cancel()
+            await asyncio.wait(calls)
+        trial.close_log()
+        self._closed[api_key] = trial.usage
+        return trial.usage.model_copy()

@@ -1,0 +1,65 @@
+"""The fast path: the upstream speaks the client's protocol, so the body is forwarded on a pooled connection.
+
+Only the `model` field is rewritten (agents send the gateway's model name; the upstream knows its own) and,
+for streamed OpenAI chat, usage is requested. No LiteLLM objects are built: this costs a fraction of a
+millisecond per call instead of LiteLLM's several, which is what lets one process drive hundreds of agents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from evalkit.gateway.config import Protocol
+from evalkit.gateway.protocols import UPSTREAM_PATHS, is_anthropic
+from evalkit.gateway.routing import Deployment, Reply, parse_retry_after
+
+ANTHROPIC_VERSION = "2023-06-01"
+_FORWARDED_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+def upstream_headers(deployment: Deployment, protocol: Protocol, client_headers: Mapping[str, str]) -> dict[str, str]:
+    """Fresh headers with the deployment's own key: nothing from the agent's auth ever goes upstream."""
+    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+    if is_anthropic(protocol):
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+        headers.update((h, v) for h in _FORWARDED_ANTHROPIC_HEADERS if (v := client_headers.get(h)))
+        if deployment.api_key:
+            headers["x-api-key"] = deployment.api_key
+    elif deployment.api_key:
+        headers["Authorization"] = "Bearer " + deployment.api_key
+    return headers
+
+
+async def forward(
+    session: aiohttp.ClientSession,
+    deployment: Deployment,
+    protocol: Protocol,
+    body: dict[str, Any],
+    stream: bool,
+    client_headers: Mapping[str, str],
+) -> Reply:
+    payload = {**body, "model": deployment.config.upstream_model}
+    withhold_usage = stream and protocol == "openai_chat" and deployment.config.stream_usage and "stream_options" not in body
+    if withhold_usage:
+        payload["stream_options"] = {"include_usage": True}
+    response = await session.post(
+        deployment.api_root + UPSTREAM_PATHS[protocol],  # type: ignore[operator]
+        data=orjson.dumps(payload),
+        headers=upstream_headers(deployment, protocol, client_headers),
+    )
+    content_type = response.headers.get("Content-Type", "application/json")
+    if stream and response.status == 200:
+
+        async def close() -> None:
+            response.close()  # a no-op once the stream was read to its end and the connection went back
+
+        return Reply(200, b"", content_type, response.content.iter_any(), close, withhold_usage=withhold_usage)
+    try:
+        data = await response.read()
+    finally:
+        response.release()
+    return Reply(response.status, data, content_type, retry_after=parse_retry_after(response.headers.get("Retry-After")))

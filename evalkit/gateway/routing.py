@@ -1,0 +1,208 @@
+"""Which upstream deployment serves a call: sticky per trial, spread evenly, failing ones cooled down, retried.
+
+Both paths (pass-through and LiteLLM-translated) go through `DeploymentPool.call`, so health, pins, cooldowns
+and in-flight caps live in this one place. Pins keep a trial on one vLLM replica for prefix-cache reuse;
+LiteLLM's own session affinity places sessions at random, which is why the gateway does this itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from evalkit.gateway.config import DeploymentConfig, LLMApiConfig
+from evalkit.gateway.protocols import Usage
+
+
+@dataclass(slots=True, frozen=True)
+class Price:
+    """USD per token."""
+
+    input: float
+    output: float
+    cache_read: float
+
+    def cost(self, usage: Usage) -> float:
+        uncached = usage.input_tokens - usage.cache_read_tokens
+        return uncached * self.input + usage.cache_read_tokens * self.cache_read + usage.output_tokens * self.output
+
+
+class Deployment:
+    """One upstream and what the gateway knows about it right now."""
+
+    def __init__(self, index: int, config: DeploymentConfig, api_key: str | None, price: Price | None) -> None:
+        self.index, self.config, self.api_key, self.price = index, config, api_key, price
+        self.label = config.label
+        self.native = config.native
+        self.api_root = config.api_root
+        self.in_flight = 0
+        self.pinned = 0
+        """Trials currently pinned here; new trials go to the deployment with the fewest."""
+        self.fails = 0
+        """Consecutive failed attempts."""
+        self.cooldown_until = 0.0
+        self.slots = asyncio.Semaphore(config.max_in_flight) if config.max_in_flight else None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.label,
+            "healthy": self.cooldown_until <= time.monotonic(),
+            "cooldown_sec": round(max(0.0, self.cooldown_until - time.monotonic()), 3),
+            "in_flight": self.in_flight,
+            "pinned_trials": self.pinned,
+        }
+
+
+@dataclass(slots=True)
+class Reply:
+    """An upstream answer, already in the client's protocol, before its first byte goes to the agent."""
+
+    status: int
+    body: bytes
+    """The whole body, or the first bytes of a stream."""
+    content_type: str = "application/json"
+    stream: AsyncIterator[bytes] | None = None
+    """The rest of a streamed body."""
+    close: Callable[[], Awaitable[None]] | None = None
+    """Releases the upstream side (a stream the agent stopped reading)."""
+    retry_after: float | None = None
+    withhold_usage: bool = False
+    """The gateway asked for a usage event the agent did not: do not forward it."""
+    route: str = "passthrough"
+    deployment: Deployment | None = None
+    deadline: float = 0.0
+    """Loop time by which the whole answer must have been relayed."""
+
+
+class UpstreamUnavailable(Exception):
+    """Every attempt failed without an HTTP answer (connection refused or reset, timeout)."""
+
+    def __init__(self, message: str, timed_out: bool) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+Attempt = Callable[[Deployment], Awaitable[Reply]]
+
+
+def is_retryable(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` in seconds, from either of its two forms (seconds, or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class DeploymentPool:
+    def __init__(self, deployments: list[Deployment], config: LLMApiConfig) -> None:
+        self.deployments = deployments
+        self._config = config
+        self._pins: dict[str, Deployment] = {}
+
+    def pick(self, trial_key: str) -> Deployment:
+        """The trial's pinned deployment if it is healthy; else the healthy one with the fewest trials."""
+        now = time.monotonic()
+        pinned = self._pins.get(trial_key)
+        if pinned is not None and pinned.cooldown_until <= now:
+            return pinned
+        healthy = [d for d in self.deployments if d.cooldown_until <= now]
+        # Nothing healthy: the one that recovers first, rather than failing the call outright.
+        candidates = healthy or [min(self.deployments, key=lambda d: d.cooldown_until)]
+        chosen = min(candidates, key=lambda d: (d.pinned, d.index))
+        if chosen is not pinned:
+            if pinned is not None:
+                pinned.pinned -= 1
+            chosen.pinned += 1
+            self._pins[trial_key] = chosen
+        return chosen
+
+    def unpin(self, trial_key: str) -> None:
+        if (pinned := self._pins.pop(trial_key, None)) is not None:
+            pinned.pinned -= 1
+
+    def release(self, deployment: Deployment) -> None:
+        """End of a call's hold on a deployment (after the last byte was relayed)."""
+        deployment.in_flight -= 1
+        if deployment.slots is not None:
+            deployment.slots.release()
+
+    async def call(self, trial_key: str, attempt: Attempt, attempts: list[dict[str, Any]]) -> Reply:
+        """Run `attempt` on the trial's deployment, retrying elsewhere or later; the caller must `release`."""
+        cfg = self._config
+        loop = asyncio.get_running_loop()
+        n = 0
+        while True:
+            deployment = self.pick(trial_key)
+            if deployment.slots is not None:
+                await deployment.slots.acquire()
+            deployment.in_flight += 1
+            started = time.time()
+            deadline = loop.time() + cfg.timeout_sec
+            reply: Reply | None = None
+            error: BaseException | None = None
+            try:
+                async with asyncio.timeout_at(deadline):
+                    reply = await attempt(deployment)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                error = exc
+            except BaseException:
+                self.release(deployment)
+                raise
+            attempts.append(
+                {
+                    "deployment": deployment.label,
+                    "status": reply.status if reply else None,
+                    "error": _describe(error) if error else None,
+                    "start": started,
+                    "end": time.time(),
+                }
+            )
+            if reply is not None:
+                reply.deployment, reply.deadline = deployment, deadline
+                if not is_retryable(reply.status):
+                    deployment.fails = 0
+                    return reply
+            self._failed(deployment, reply.retry_after if reply else None)
+            if n == cfg.max_retries:
+                if reply is not None:
+                    return reply
+                self.release(deployment)
+                raise UpstreamUnavailable(_describe(error), isinstance(error, TimeoutError))
+            if reply is not None and reply.close is not None:
+                await reply.close()
+            self.release(deployment)
+            if self.pick(trial_key) is deployment:  # no other deployment to move to: wait before trying again
+                backoff = cfg.retry_backoff_sec * 2**n * random.uniform(0.5, 1.0)
+                retry_after = reply.retry_after if reply else None
+                await asyncio.sleep(min(cfg.max_retry_wait_sec, retry_after if retry_after is not None else backoff))
+            n += 1
+
+    def _failed(self, deployment: Deployment, retry_after: float | None) -> None:
+        deployment.fails += 1
+        if deployment.fails > self._config.allowed_fails:
+            deployment.fails = 0
+            pause = max(self._config.cooldown_sec, retry_after or 0.0)
+            deployment.cooldown_until = time.monotonic() + pause
+
+
+def _describe(error: BaseException | None) -> str:
+    if isinstance(error, TimeoutError):
+        return "upstream timed out"
+    return f"{type(error).__name__}: {error}".rstrip(": ")
