@@ -69,7 +69,8 @@ class RetryConfig(StrictModel):
     max_retries: int = Field(default=0, ge=0)
     """Extra tries for a trial that ended in a retryable error; every try keeps its own directory."""
     include_errors: list[str] | None = None
-    """Error types to retry; default: the types that are retryable by nature (infrastructure hiccups)."""
+    """Error types to retry; default: the types that are retryable by nature: environment start failures,
+    agent setup failures and unexpected errors (a Docker API hiccup), not task outcomes like timeouts."""
     exclude_errors: list[str] = []
     """Error types never retried, even when in `include_errors`."""
     backoff_sec: float = Field(default=1.0, ge=0)
@@ -90,7 +91,7 @@ class RetryConfig(StrictModel):
         if self.include_errors is not None:
             return error_type in self.include_errors
         cls = TRIAL_ERROR_TYPES.get(error_type)
-        return cls is not None and cls.retryable
+        return cls.retryable if cls is not None else True  # unexpected errors: infrastructure hiccups
 
 
 class JobConfig(StrictModel):

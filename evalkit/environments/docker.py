@@ -219,13 +219,15 @@ class DockerEnvironment:
         return ExecResult(exit_code=await _exit_code(execution), output=_decode(chunks))
 
     async def _kill_group(self, pidfile: str) -> None:
+        """SIGKILL the timed-out command's process group and wait until that is done, so nothing it
+        started can still write while the next phase (the verifier) runs."""
         kill = await self._running().exec(
             ["sh", "-c", f'p=$(cat {pidfile} 2>/dev/null) && {{ kill -KILL -- "-$p" || kill -KILL "$p"; }} 2>/dev/null; true'],
-            stdout=False,
-            stderr=False,
             user="root",
         )
-        await kill.start(detach=True)
+        async with kill.start(detach=False) as stream:
+            while await stream.read_out() is not None:
+                pass
 
     async def put(self, source: Path, target: str) -> None:
         data = await self.engine.archive(source, target)
