@@ -35,6 +35,11 @@ class TaskSpec(StrictModel):
     def task_name(self) -> str:
         return self.name or PurePosixPath(self.path).name
 
+    @property
+    def commit(self) -> str | None:
+        """The commit as written (`HEAD` when unset) for a git task; None for a local one."""
+        return (self.git_commit_id or "HEAD") if self.git_url else None
+
 
 class DatasetConfig(StrictModel):
     """Exactly one source (`name`, `path` or `tasks`), then filters applied in order: include, exclude,
@@ -76,10 +81,10 @@ class DatasetConfig(StrictModel):
         if self.name is None and (self.registry is not None or self.version is not None):
             raise ValueError("`registry` and `version` select a registry dataset: they need a `name`")
         if self.name is not None:
-            name, at, version = self.name.partition("@")
-            if not name or (at and not version):
+            name, version = split_name(self.name)
+            if not name or version == "":
                 raise ValueError(f"dataset name {self.name!r} is not `name` or `name@version`")
-            if at and self.version is not None:
+            if version is not None and self.version is not None:
                 raise ValueError(
                     f"the version is given twice: in `name: {self.name}` and `version: {self.version}`; keep one"
                 )
@@ -88,13 +93,19 @@ class DatasetConfig(StrictModel):
     def dataset_version(self) -> tuple[str, str | None]:
         """(name, version or None) from `name@version` or the separate `version` field."""
         assert self.name is not None
-        name, at, version = self.name.partition("@")
-        return name, (version if at else self.version)
+        name, version = split_name(self.name)
+        return name, (self.version if version is None else version)
 
     def cache_path(self, base_dir: Path) -> Path:
         if self.cache_dir is not None:
             return base_dir / Path(self.cache_dir).expanduser()
         return default_cache_dir()
+
+
+def split_name(ref: str) -> tuple[str, str | None]:
+    """`name@version` → (name, version), split on the first `@` as Harbor does; `name` → (name, None)."""
+    name, at, version = ref.partition("@")
+    return name, (version if at else None)
 
 
 def default_cache_dir() -> Path:
