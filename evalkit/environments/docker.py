@@ -222,7 +222,8 @@ class DockerEnvironment:
         """SIGKILL the timed-out command's process group and wait until that is done, so nothing it
         started can still write while the next phase (the verifier) runs."""
         kill = await self._running().exec(
-            ["sh", "-c", f'p=$(cat {pidfile} 2>/dev/null) && {{ kill -KILL -- "-$p" || kill -KILL "$p"; }} 2>/dev/null; true'],
+            # No `--` before the negative pid: dash's kill rejects it.
+            ["sh", "-c", f'p=$(cat {pidfile} 2>/dev/null) && {{ kill -KILL "-$p" || kill -KILL "$p"; }} 2>/dev/null; true'],
             user="root",
         )
         async with kill.start(detach=False) as stream:
