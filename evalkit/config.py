@@ -25,7 +25,8 @@ _SECRET_KEY = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
 
 class AgentConfig(StrictModel):
     name: str = "oracle"
-    """Which agent runs the trials: `oracle` (the task's reference solution) or `nop` (does nothing)."""
+    """Which agent runs the trials: `oracle` (the task's reference solution), `nop` (does nothing), or an
+    import path `package.module:ClassName` of your own `Agent`."""
     kwargs: dict[str, Any] = {}
     """Agent-specific options, passed to the agent's constructor."""
 

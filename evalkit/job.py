@@ -109,6 +109,7 @@ class Job:
     async def prepare(self) -> None:
         """Resolve and load tasks, check the job directory, collect finished tries. No containers yet."""
         self._check_identity()
+        create_agent(self.config.agent.name, self.config.agent.kwargs)  # a bad agent name fails here, not per trial
         refs = await resolve_tasks(self.config.dataset, base_dir=self.config.base_dir, job_dir=self.job_dir)
         if not refs:
             raise ConfigError(f"{self.config.source}: dataset: the selection matches no task")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from evalkit.agents.base import Agent, AgentResult
@@ -13,10 +14,8 @@ AGENTS: dict[str, type] = {"oracle": OracleAgent, "nop": NopAgent}
 
 
 def create_agent(name: str, kwargs: dict[str, Any] | None = None) -> Agent:
-    try:
-        cls = AGENTS[name]
-    except KeyError:
-        raise ConfigError(f"agent.name: unknown agent {name!r}; available: {', '.join(sorted(AGENTS))}") from None
+    """A built-in agent by name, or your own class by import path (`package.module:ClassName`)."""
+    cls = AGENTS.get(name) or _import_agent(name)
     try:
         return cls(**(kwargs or {}))
     except TypeError as exc:
@@ -24,3 +23,16 @@ def create_agent(name: str, kwargs: dict[str, Any] | None = None) -> Agent:
 
 
 __all__ = ["AGENTS", "Agent", "AgentResult", "create_agent"]
+
+
+def _import_agent(path: str) -> type:
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        raise ConfigError(
+            f"agent.name: unknown agent {path!r}; available: {', '.join(sorted(AGENTS))}, "
+            "or an import path like 'my_package.agents:MyAgent'"
+        )
+    try:
+        return getattr(import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"agent.name: cannot import agent {path!r}: {exc}") from None
