@@ -27,7 +27,7 @@ from evalkit.environments import DockerEngine, DockerEnvironment
 from evalkit.errors import ConfigError
 from evalkit.gateway import Gateway
 from evalkit.metrics import mean_pass_at_k, passed, phase_stats
-from evalkit.results import JobSummary, TaskSummary, TrialResult, utcnow, write_json_atomic
+from evalkit.results import JobSummary, sum_usage, TaskSummary, TrialResult, utcnow, write_json_atomic
 from evalkit.tasks import Task, load_task
 from evalkit.trial import TrialSpec, phase_timeouts, run_trial
 
@@ -268,6 +268,7 @@ class Job:
                 for name, timing in result.phases.items():
                     if timing.seconds is not None:
                         durations.setdefault(name, []).append(timing.seconds)
+        usages = [r.agent_outcome.usage for u in self.units for r in u.tries if r.agent_outcome.usage]
         rewards = [r.reward or 0.0 for _, r in finals]
         n = len(finals)
         return JobSummary(
@@ -288,6 +289,7 @@ class Job:
             },
             errors=errors,
             phases={name: phase_stats(values) for name, values in durations.items()},
+            usage=sum_usage(usages) if usages else None,
             tasks={
                 name: TaskSummary(
                     rewards=values,

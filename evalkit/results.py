@@ -55,17 +55,36 @@ class PhaseTiming(BaseModel):
         return None if self.finished_at is None else (self.finished_at - self.started_at).total_seconds()
 
 
-class ModelUsageSummary(BaseModel):
+class ModelUsage(BaseModel):
+    """Model calls of one trial through the job's gateway, summed for its result."""
+
     n_calls: int = 0
+    n_errors: int = 0
+    """Calls that ended with an HTTP error status or broke off (timeout, disconnect)."""
     input_tokens: int = 0
+    """Prompt tokens, cache reads included."""
     output_tokens: int = 0
-    cost_usd: float = 0.0
+    cache_read_tokens: int = 0
+    cost_usd: float | None = None
+    """Sum over calls whose deployment has a known price; None when none had one."""
+
+
+def sum_usage(usages: list[ModelUsage]) -> ModelUsage:
+    costs = [u.cost_usd for u in usages if u.cost_usd is not None]
+    return ModelUsage(
+        n_calls=sum(u.n_calls for u in usages),
+        n_errors=sum(u.n_errors for u in usages),
+        input_tokens=sum(u.input_tokens for u in usages),
+        output_tokens=sum(u.output_tokens for u in usages),
+        cache_read_tokens=sum(u.cache_read_tokens for u in usages),
+        cost_usd=sum(costs) if costs else None,
+    )
 
 
 class AgentOutcome(BaseModel):
     exit_code: int | None = None
     timed_out: bool = False
-    usage: ModelUsageSummary | None = None
+    usage: ModelUsage | None = None
 
 
 class TrialResult(BaseModel):
@@ -142,6 +161,8 @@ class JobSummary(BaseModel):
     errors: dict[str, int]
     """Final-try errors by type."""
     phases: dict[str, PhaseStats]
+    usage: ModelUsage | None = None
+    """Model calls summed over every try (retries cost tokens too); None when the job used no model."""
     tasks: dict[str, TaskSummary]
     trials: dict[str, str]
     """`task__attempt` → directory name of its final try."""
