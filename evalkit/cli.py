@@ -73,6 +73,25 @@ def _run_command(args: argparse.Namespace) -> int:
     return run_main(run_with_progress(config, quiet=args.quiet))
 
 
+def _add_clean_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("clean", help="remove containers left by killed jobs (found by their labels)")
+    p.add_argument("--job", help="only this job's containers (default: every evalkit job's)")
+    p.add_argument("--docker-host", help="Docker Engine API address (default: DOCKER_HOST or the local socket)")
+    p.set_defaults(handler=_clean_command)
+
+
+def _clean_command(args: argparse.Namespace) -> int:
+    from evalkit.environments import DockerEngine
+
+    async def clean() -> int:
+        async with await DockerEngine.connect(docker_host=args.docker_host, job_name=args.job or "clean") as engine:
+            removed = await engine.remove_containers(args.job)
+        print(f"removed {removed} container(s)" + (f" of job {args.job}" if args.job else ""))
+        return EXIT_OK
+
+    return run_main(clean())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from adapters.harbor.cli import add_parser as add_datasets_parser
     from evalkit.gateway.cli import add_parser as add_gateway_parser
@@ -80,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evalkit", description="Evaluate LLM agents on containerized benchmarks.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(subparsers)
+    _add_clean_parser(subparsers)
     add_datasets_parser(subparsers)
     add_gateway_parser(subparsers)
     return parser

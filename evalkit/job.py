@@ -185,7 +185,7 @@ class Job:
                         n_concurrent_builds=self.config.environment.n_concurrent_builds,
                     )
                     stack.push_async_callback(engine.close)
-                    await engine.remove_job_containers()
+                    await engine.remove_containers(self.config.job_name)
                     gateway = None
                     if self.config.llm_api is not None:
                         gateway = await stack.enter_async_context(

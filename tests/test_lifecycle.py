@@ -148,3 +148,19 @@ def test_cli_exit_1_when_trials_error(tmp_path: Path):
     result = run_cli("run", str(config))
     assert result.returncode == 1
     assert "RewardParseError" in result.stderr
+
+
+async def test_clean_removes_a_jobs_leftover_containers(tmp_path: Path):
+    import aiodocker
+
+    async with aiodocker.Docker() as docker:
+        for job in ("leftover", "other-job"):
+            await docker.containers.create(
+                {"Image": "debian:bookworm-slim", "Cmd": ["true"], "Labels": {"evalkit.job": job}}
+            )
+    result = run_cli("clean", "--job", "leftover")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "removed 1 container(s) of job leftover"
+    assert await job_containers("leftover") == []
+    assert len(await job_containers("other-job")) == 1
+    assert run_cli("clean", "--job", "other-job").returncode == 0

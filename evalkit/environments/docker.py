@@ -7,6 +7,7 @@ directories, and leaked-container clean-up. `DockerEnvironment` is one trial's c
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import uuid
@@ -16,11 +17,13 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from evalkit.cleanup import uncancellable
 from evalkit.environments.base import ExecResult
 from evalkit.environments.images import ImageBuilder, tar_directory
 from evalkit.errors import EnvironmentStartError, InfrastructureError
 from evalkit.tasks import Task
 
+logger = logging.getLogger(__name__)
 LABEL_JOB = "evalkit.job"
 LABEL_TRIAL = "evalkit.trial"
 _OUTPUT_CAP = 1 << 20
@@ -40,6 +43,7 @@ class DockerEngine:
         self.job_name = job_name
         self.images = ImageBuilder(client, n_concurrent=n_concurrent_builds, job_name=job_name)
         self._archives: dict[tuple[Path, str], asyncio.Task[bytes]] = {}
+        self._removals: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(cls, *, docker_host: str | None, job_name: str, n_concurrent_builds: int = 1) -> DockerEngine:
@@ -61,15 +65,34 @@ class DockerEngine:
         return cls(client, job_name=job_name, n_concurrent_builds=n_concurrent_builds)
 
     async def close(self) -> None:
+        """Wait for every container removal still under way, then close the connection."""
         for task in self._archives.values():
             task.cancel()
-        await self.client.close()
+        try:
+            await uncancellable(asyncio.gather(*self._removals))
+        finally:
+            await self.client.close()
+
+    def remove_soon(self, container: aiodocker.containers.DockerContainer) -> None:
+        """Remove a container without making its trial wait: the next trial starts while Docker tears this
+        one down. The engine owns the removal and `close()` waits for it, so none is ever lost."""
+        task = asyncio.ensure_future(self._remove_logged(container))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     async def __aenter__(self) -> DockerEngine:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @staticmethod
+    async def _remove_logged(container: aiodocker.containers.DockerContainer) -> None:
+        try:
+            await _remove(container)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+            # Labelled with its job: the next run of the job (or `evalkit clean`) removes it.
+            logger.warning("could not remove container %s: %s", container.id[:12], exc)
 
     async def archive(self, source: Path, target: str) -> bytes:
         """A tar of `source` laid out under `target`, built once per job in a thread (tests/, solution/)."""
@@ -78,11 +101,10 @@ class DockerEngine:
             self._archives[key] = asyncio.ensure_future(asyncio.to_thread(tar_directory, source, target.strip("/")))
         return await asyncio.shield(self._archives[key])
 
-    async def remove_job_containers(self, job_name: str | None = None) -> int:
-        """Remove containers labelled with this job (left by a crashed earlier run); returns how many."""
-        containers = await self.client.containers.list(
-            all=True, filters={"label": [f"{LABEL_JOB}={job_name or self.job_name}"]}
-        )
+    async def remove_containers(self, job_name: str | None) -> int:
+        """Remove evalkit's containers: one job's (left by a crashed run of it), or every job's (None)."""
+        label = f"{LABEL_JOB}={job_name}" if job_name else LABEL_JOB
+        containers = await self.client.containers.list(all=True, filters={"label": [label]})
         await asyncio.gather(*(_remove(c) for c in containers))
         return len(containers)
 
@@ -237,7 +259,7 @@ class DockerEnvironment:
     async def stop(self) -> None:
         container, self._container = self._container, None
         if container is not None and not self.keep:
-            await _remove(container)
+            self.engine.remove_soon(container)
 
 
 async def _exit_code(execution: aiodocker.execs.Exec) -> int | None:
