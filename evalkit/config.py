@@ -142,7 +142,7 @@ class JobConfig(StrictModel):
         return self.model_dump(
             mode="json",
             include={"dataset", "agent", "n_attempts", "timeouts", "llm_api"},
-            exclude={"dataset": {"cache_dir", "max_concurrent_fetches"}},
+            exclude={"dataset": {"cache_dir", "max_concurrent_fetches"}, "llm_api": {"host", "port"}},
         )
 
     def redacted(self) -> dict[str, Any]:

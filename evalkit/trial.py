@@ -18,7 +18,7 @@ from evalkit.cleanup import uncancellable
 from evalkit.config import TimeoutsConfig
 from evalkit.environments import Environment
 from evalkit.errors import AgentExitError, AgentSetupError, AgentTimeoutError, TrialError
-from evalkit.results import AgentOutcome, ErrorInfo, ModelUsage, PhaseTiming, TrialResult, utcnow, write_json_atomic
+from evalkit.results import AgentOutcome, ErrorInfo, PhaseTiming, TrialResult, utcnow, write_json_atomic
 from evalkit.tasks import Task
 from evalkit.verifier import run_verifier
 
@@ -121,7 +121,7 @@ async def run_trial(
     finally:
         if access is not None:
             usage = await uncancellable(gateway.close_trial(access.api_key))
-            result.agent_outcome.usage = ModelUsage.model_validate(usage.model_dump())
+            result.agent_outcome.usage = usage
         try:
             await uncancellable(env.stop())
         except Exception as exc:  # a container we could not remove is worth knowing about, not a crash

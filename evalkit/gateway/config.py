@@ -6,6 +6,8 @@ else changes. Secrets never appear here: a deployment names the environment vari
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -26,7 +28,15 @@ NATIVE_PROTOCOLS: dict[str, tuple[Protocol, ...]] = {
 DEFAULT_API_ROOTS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
 """Where the pass-through path goes when a deployment of these providers sets no `api_base`."""
 
-_SECRET_PARAM = ("key", "secret", "token", "password", "credential")
+_SECRET_PARAM = re.compile(r"(key|secret|token|password|credentials?)$", re.IGNORECASE)
+
+
+def without_credentials(url: str) -> str:
+    """The URL minus any `user:password@`, for everything that is shown or written."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.username and not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 class DeploymentConfig(StrictModel):
@@ -58,9 +68,15 @@ class DeploymentConfig(StrictModel):
     @classmethod
     def _no_secrets(cls, params: dict[str, Any]) -> dict[str, Any]:
         for key in params:
-            if any(word in key.lower() for word in _SECRET_PARAM):
+            if _SECRET_PARAM.search(key):
                 raise ValueError(f"{key!r} looks like a secret: name its environment variable in api_key_env")
         return params
+
+    @model_validator(mode="after")
+    def _reachable(self) -> DeploymentConfig:
+        if self.native and self.api_root is None:
+            raise ValueError(f"api_base is required for {self.model} (e.g. http://127.0.0.1:8000/v1)")
+        return self
 
     @property
     def provider(self) -> str:
@@ -83,7 +99,7 @@ class DeploymentConfig(StrictModel):
 
     @property
     def label(self) -> str:
-        return self.name or (f"{self.model}@{self.api_base}" if self.api_base else self.model)
+        return self.name or (f"{self.model}@{without_credentials(self.api_base)}" if self.api_base else self.model)
 
 
 class LLMApiConfig(StrictModel):

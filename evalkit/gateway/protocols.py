@@ -40,7 +40,11 @@ class Usage:
     cache_read_tokens: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens, "cache_read_tokens": self.cache_read_tokens}
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+        }
 
 
 def is_anthropic(protocol: Protocol) -> bool:
@@ -58,8 +62,16 @@ def error_body(protocol: Protocol, status: int, message: str) -> bytes:
 def error_event(protocol: Protocol, message: str) -> bytes:
     """A final SSE event for a stream that broke after its headers went out: both SDKs raise on it."""
     if is_anthropic(protocol):
-        return b"event: error\ndata: " + orjson.dumps({"type": "error", "error": {"type": "api_error", "message": message}}) + b"\n\n"
-    return b"data: " + orjson.dumps({"error": {"message": message, "type": "api_error", "param": None, "code": 502}}) + b"\n\n"
+        return (
+            b"event: error\ndata: "
+            + orjson.dumps({"type": "error", "error": {"type": "api_error", "message": message}})
+            + b"\n\n"
+        )
+    return (
+        b"data: "
+        + orjson.dumps({"error": {"message": message, "type": "api_error", "param": None, "code": 502}})
+        + b"\n\n"
+    )
 
 
 def usage_of(obj: Any) -> Usage | None:
@@ -68,7 +80,9 @@ def usage_of(obj: Any) -> Usage | None:
         return None
     if "prompt_tokens" in usage:  # OpenAI chat
         details = usage.get("prompt_tokens_details") or {}
-        return Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, details.get("cached_tokens") or 0)
+        return Usage(
+            usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, details.get("cached_tokens") or 0
+        )
     if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage or obj.get("type") == "message":
         cache_read = usage.get("cache_read_input_tokens") or 0
         uncached = (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
@@ -79,18 +93,26 @@ def usage_of(obj: Any) -> Usage | None:
 
 # ------------------------------------------------------------------------------------------------ streams
 
-USAGE_ONLY_MARK = b'"choices":[]'
-"""Bytes that appear in an OpenAI usage-only stream event (compact JSON, as vLLM, OpenAI and LiteLLM write)."""
+
+def has_usage_only_event(chunk: bytes) -> bool:
+    """A cheap test for a possible OpenAI usage-only stream event in a chunk (compact or spaced JSON)."""
+    return b'"choices":[]' in chunk or b'"choices": []' in chunk
+
+
+def adds_stream_usage(protocol: Protocol, body: dict[str, Any], stream: bool, enabled: bool) -> bool:
+    """Whether the gateway asks for usage the client did not (a streamed OpenAI chat call without
+    `stream_options`), so that it counts tokens; the extra event is then withheld from the client."""
+    return enabled and stream and protocol == "openai_chat" and "stream_options" not in body
 
 
 def split_usage_events(chunk: bytes) -> tuple[bytes, bytes]:
     """Split whole usage-only events out of a chunk of an OpenAI chat stream: (to forward, withheld).
 
-    Only called when the gateway itself asked for usage, and only on chunks containing USAGE_ONLY_MARK.
+    Only called when the gateway itself asked for usage, and only on chunks that `has_usage_only_event`.
     """
     kept, withheld = [], []
     for event in chunk.split(b"\n\n"):
-        if event.startswith(b"data: {") and USAGE_ONLY_MARK in event:
+        if event.startswith(b"data: {") and has_usage_only_event(event):
             try:
                 data = orjson.loads(event[6:])
             except orjson.JSONDecodeError:  # an event split across reads: forward it untouched
@@ -105,8 +127,10 @@ def split_usage_events(chunk: bytes) -> tuple[bytes, bytes]:
 def sse_data(stream: bytes) -> list[Any]:
     """The JSON payloads of an SSE byte stream, in order (`[DONE]`, comments and broken events skipped)."""
     payloads = []
-    for event in stream.replace(b"\r\n", b"\n").split(b"\n\n"):
-        data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
+    if b"\r" in stream:
+        stream = stream.replace(b"\r\n", b"\n")
+    for event in stream.split(b"\n\n"):
+        data = _event_data(event)
         if data and data != b"[DONE]":
             try:
                 payloads.append(orjson.loads(data))
@@ -115,14 +139,27 @@ def sse_data(stream: bytes) -> list[Any]:
     return payloads
 
 
+def _event_data(event: bytes) -> bytes:
+    start = event.find(b"data: ")
+    if start != -1 and (start == 0 or event[start - 1] == 10) and event.find(b"\n", start) == -1:
+        return event[start + 6 :]  # the usual shape: one data line, after an optional `event:` line
+    return b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
+
+
 def reassemble(protocol: Protocol, stream: bytes) -> Any:
-    """One response object equal to what the streamed events add up to, as a non-streamed call returns."""
+    """One response object equal to what the streamed events add up to, as a non-streamed call returns.
+
+    None when the events do not add up (an upstream off the protocol): the caller keeps the raw text instead.
+    """
     events = sse_data(stream)
-    if protocol == "openai_chat":
-        return _chat_completion(events)
-    if protocol == "openai_responses":
-        return _response(events)
-    return _message(events)
+    try:
+        if protocol == "openai_chat":
+            return _chat_completion(events)
+        if protocol == "openai_responses":
+            return _response(events)
+        return _message(events)
+    except (LookupError, TypeError, AttributeError):
+        return None
 
 
 def _chat_completion(events: list[Any]) -> dict[str, Any] | None:
@@ -134,12 +171,16 @@ def _chat_completion(events: list[Any]) -> dict[str, Any] | None:
         if "error" in event:
             return event
         if result is None:
-            result = {k: event.get(k) for k in ("id", "created", "model", "system_fingerprint")} | {"object": "chat.completion"}
+            result = {k: event.get(k) for k in ("id", "created", "model", "system_fingerprint")} | {
+                "object": "chat.completion"
+            }
         if event.get("usage"):
             result["usage"] = event["usage"]
         for delta_choice in event.get("choices") or ():
             index = delta_choice.get("index", 0)
-            choice = choices.setdefault(index, {"index": index, "message": {"role": "assistant", "content": None}, "finish_reason": None})
+            choice = choices.setdefault(
+                index, {"index": index, "message": {"role": "assistant", "content": None}, "finish_reason": None}
+            )
             message, delta = choice["message"], delta_choice.get("delta") or {}
             for key, value in delta.items():
                 if key == "tool_calls":

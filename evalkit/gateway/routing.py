@@ -11,7 +11,7 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,8 +68,8 @@ class Reply:
     body: bytes
     """The whole body, or the first bytes of a stream."""
     content_type: str = "application/json"
-    stream: AsyncIterator[bytes] | None = None
-    """The rest of a streamed body."""
+    read: Callable[[], Awaitable[bytes]] | None = None
+    """For a streamed body, returns its next bytes (b"" at the end); a plain read per chunk, no iterator."""
     close: Callable[[], Awaitable[None]] | None = None
     """Releases the upstream side (a stream the agent stopped reading)."""
     retry_after: float | None = None

@@ -19,7 +19,15 @@ from aiohttp import web
 
 from evalkit.gateway.config import LLMApiConfig, Protocol
 from evalkit.gateway.passthrough import forward
-from evalkit.gateway.protocols import USAGE_ONLY_MARK, error_body, error_event, reassemble, split_usage_events, usage_of
+from evalkit.gateway.protocols import (
+    Usage,
+    error_body,
+    error_event,
+    has_usage_only_event,
+    reassemble,
+    split_usage_events,
+    usage_of,
+)
 from evalkit.gateway.routing import Deployment, DeploymentPool, Reply, UpstreamUnavailable
 from evalkit.gateway.trajectory import Call, JsonlWriter, json_fragment, raw_text, redact
 from evalkit.gateway.translate import translate
@@ -36,13 +44,13 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
     """The request body, refused as soon as it is known to exceed `limit` (declared or streamed)."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.content.iter_any():
+    chunks, size, read = [], 0, request.content.readany
+    while chunk := await read():
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def key_of(headers: Mapping[str, str]) -> str | None:
@@ -90,7 +98,11 @@ class Front:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         route = self._routes.get((request.method, request.path))
         if route is None:
-            return web.Response(status=404, body=error_body("openai_chat", 404, f"no route {request.method} {request.path}"), headers=_JSON)
+            return web.Response(
+                status=404,
+                body=error_body("openai_chat", 404, f"no route {request.method} {request.path}"),
+                headers=_JSON,
+            )
         return await route(request)
 
     # ------------------------------------------------------------------------------------ small endpoints
@@ -99,16 +111,33 @@ class Front:
         return web.Response(text="evalkit gateway\n")
 
     async def _health(self, request: web.BaseRequest) -> web.Response:
-        status = {"status": "ok", "model": self._config.model, "deployments": [d.status() for d in self._pool.deployments]}
+        status = {
+            "status": "ok",
+            "model": self._config.model,
+            "deployments": [d.status() for d in self._pool.deployments],
+        }
         return web.Response(body=orjson.dumps(status), headers=_JSON)
 
     async def _models(self, request: web.BaseRequest) -> web.Response:
         if self._trial_of(request) is None:
             return self._reject(request, "openai_chat")
         # One body both SDKs accept: OpenAI's `object`/`owned_by` and Anthropic's `type`/`display_name`.
-        model = {"id": self._config.model, "object": "model", "type": "model", "display_name": self._config.model,
-                 "created": 0, "created_at": "1970-01-01T00:00:00Z", "owned_by": "evalkit"}
-        listing = {"object": "list", "data": [model], "has_more": False, "first_id": model["id"], "last_id": model["id"]}
+        model = {
+            "id": self._config.model,
+            "object": "model",
+            "type": "model",
+            "display_name": self._config.model,
+            "created": 0,
+            "created_at": "1970-01-01T00:00:00Z",
+            "owned_by": "evalkit",
+        }
+        listing = {
+            "object": "list",
+            "data": [model],
+            "has_more": False,
+            "first_id": model["id"],
+            "last_id": model["id"],
+        }
         return web.Response(body=orjson.dumps(listing), headers=_JSON)
 
     def _trial_of(self, request: web.BaseRequest) -> Trial | None:
@@ -119,8 +148,19 @@ class Front:
         """401, and a line in the job's `rejected.jsonl` (no trial owns the request, so no trajectory does)."""
         key = key_of(request.headers)
         reason = "missing key" if not key else "finished trial's key" if key in self._closed_keys else "unknown key"
-        self._rejected.write({"v": 1, "time": time.time(), "method": request.method, "endpoint": request.path, "status": 401, "reason": reason})
-        return web.Response(status=401, body=error_body(protocol, 401, f"{reason}: use the key evalkit gave this trial"), headers=_JSON)
+        self._rejected.write(
+            {
+                "v": 1,
+                "time": time.time(),
+                "method": request.method,
+                "endpoint": request.path,
+                "status": 401,
+                "reason": reason,
+            }
+        )
+        return web.Response(
+            status=401, body=error_body(protocol, 401, f"{reason}: use the key evalkit gave this trial"), headers=_JSON
+        )
 
     # --------------------------------------------------------------------------------------- model calls
 
@@ -135,7 +175,7 @@ class Front:
         try:
             return await self._serve(request, trial, call, protocol)
         except asyncio.CancelledError:
-            reason = "trial closed" if trial.closed else "gateway stopped" if self.stopping else "client disconnected"
+            reason = "gateway stopped" if self.stopping else "trial closed" if trial.closed else "client disconnected"
             call.error = call.error or reason
             raise
         except Exception as exc:
@@ -146,7 +186,9 @@ class Front:
             call.end = time.time()
             trial.record(call)
 
-    async def _serve(self, request: web.BaseRequest, trial: Trial, call: Call, protocol: Protocol) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.BaseRequest, trial: Trial, call: Call, protocol: Protocol
+    ) -> web.StreamResponse:
         try:
             raw = await read_body(request, self._config.max_body_bytes)
         except BodyTooLarge as exc:
@@ -174,7 +216,7 @@ class Front:
         assert reply.deployment is not None
         call.route, call.deployment = reply.route, reply.deployment.label
         try:
-            if reply.stream is None:
+            if reply.read is None:
                 return self._complete(call, reply)
             return await self._relay(request, call, reply, protocol)
         finally:
@@ -182,7 +224,9 @@ class Front:
                 await reply.close()
             self._pool.release(reply.deployment)
 
-    async def _attempt(self, protocol: Protocol, body: dict[str, Any], stream: bool, headers: Mapping[str, str], deployment: Deployment) -> Reply:
+    async def _attempt(
+        self, protocol: Protocol, body: dict[str, Any], stream: bool, headers: Mapping[str, str], deployment: Deployment
+    ) -> Reply:
         if protocol in deployment.native:
             return await forward(self._session, deployment, protocol, body, stream, headers)
         return await translate(deployment, protocol, body, stream, self._config.timeout_sec, self._secrets)
@@ -209,25 +253,29 @@ class Front:
             self._account(call, reply, usage_of(obj))
         return web.Response(status=reply.status, body=reply.body, headers={"Content-Type": reply.content_type})
 
-    async def _relay(self, request: web.BaseRequest, call: Call, reply: Reply, protocol: Protocol) -> web.StreamResponse:
+    async def _relay(
+        self, request: web.BaseRequest, call: Call, reply: Reply, protocol: Protocol
+    ) -> web.StreamResponse:
         """Forward a stream chunk by chunk as it arrives; keep the bytes to reassemble once it ends."""
-        assert reply.stream is not None
-        response = web.StreamResponse(status=reply.status, headers={"Content-Type": reply.content_type, "Cache-Control": "no-cache"})
+        assert reply.read is not None
+        response = web.StreamResponse(
+            status=reply.status, headers={"Content-Type": reply.content_type, "Cache-Control": "no-cache"}
+        )
         call.status = reply.status
         await response.prepare(request)
         sent: list[bytes] = []
         withheld: list[bytes] = []
-        append, write, withhold = sent.append, response.write, reply.withhold_usage
+        append, read, write, withhold = sent.append, reply.read, response.write, reply.withhold_usage
         try:
             async with asyncio.timeout_at(reply.deadline):
                 if reply.body:
                     call.first_byte = time.time()
                     append(reply.body)
                     await write(reply.body)
-                async for chunk in reply.stream:
+                while chunk := await read():
                     if call.first_byte is None:
                         call.first_byte = time.time()
-                    if withhold and USAGE_ONLY_MARK in chunk:
+                    if withhold and has_usage_only_event(chunk):
                         chunk, hidden = split_usage_events(chunk)
                         withheld.append(hidden)
                         if not chunk:
@@ -239,14 +287,21 @@ class Front:
             if request.transport is None or request.transport.is_closing():
                 call.error = "client disconnected"
             else:
-                call.error = "upstream timed out mid-stream" if isinstance(exc, TimeoutError) else redact(f"upstream broke off the stream: {type(exc).__name__}: {exc}", self._secrets)
+                call.error = (
+                    "upstream timed out mid-stream"
+                    if isinstance(exc, TimeoutError)
+                    else redact(f"upstream broke off the stream: {type(exc).__name__}: {exc}", self._secrets)
+                )
                 event = error_event(protocol, call.error)
                 append(event)
                 with contextlib.suppress(OSError, aiohttp.ClientError):  # the agent may be gone by now too
                     await response.write(event)
                     await response.write_eof()
         finally:
-            call.response = reassemble(protocol, b"".join(sent))
+            data = b"".join(sent)
+            call.response = reassemble(protocol, data)
+            if call.response is None and data:
+                call.response_raw = raw_text(data)
             usage = usage_of(call.response)
             if usage is None and withheld:
                 usage = usage_of(reassemble(protocol, b"".join(withheld)))
@@ -256,7 +311,7 @@ class Front:
         return response
 
     @staticmethod
-    def _account(call: Call, reply: Reply, usage: Any) -> None:
+    def _account(call: Call, reply: Reply, usage: Usage | None) -> None:
         call.usage = usage
         price = reply.deployment.price if reply.deployment else None
         if usage is not None and price is not None:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from evalkit.gateway.protocols import Usage
 from evalkit.gateway.trajectory import Call, JsonlWriter
+from evalkit.results import ModelUsage
 
 
 class TrialAccess(BaseModel):
@@ -31,20 +33,6 @@ class TrialAccess(BaseModel):
     """The model name to send."""
 
 
-class ModelUsage(BaseModel):
-    """Model calls of one trial, summed for its result."""
-
-    n_calls: int = 0
-    n_errors: int = 0
-    """Calls that ended with an HTTP error status or broke off (timeout, disconnect)."""
-    input_tokens: int = 0
-    """Prompt tokens, cache reads included."""
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cost_usd: float | None = None
-    """Sum over calls whose deployment has a known price; None when none had one."""
-
-
 def new_key() -> str:
     return "ek-" + secrets.token_urlsafe(24)
 
@@ -58,7 +46,10 @@ class Trial:
         self.closed = False
         self.calls: set[asyncio.Task[object]] = set()
         """Request handlers in flight for this trial; cancelled when the trial closes."""
-        self.usage = ModelUsage()
+        # Plain counters, not a ModelUsage: this runs once per call, and pydantic's setattr is not free.
+        self._calls = self._errors = 0
+        self._tokens = Usage()
+        self._cost: float | None = None
         self._seq = 0
         self._log = JsonlWriter(trajectory_path)
 
@@ -69,16 +60,18 @@ class Trial:
     def record(self, call: Call) -> None:
         """Append the call to the trajectory and add it to the trial's totals."""
         self._log.write(call.line())
-        usage = self.usage
-        usage.n_calls += 1
+        self._calls += 1
         if call.error is not None or call.status is None or call.status >= 400:
-            usage.n_errors += 1
-        if call.usage is not None:
-            usage.input_tokens += call.usage.input_tokens
-            usage.output_tokens += call.usage.output_tokens
-            usage.cache_read_tokens += call.usage.cache_read_tokens
+            self._errors += 1
+        if (usage := call.usage) is not None:
+            self._tokens.input_tokens += usage.input_tokens
+            self._tokens.output_tokens += usage.output_tokens
+            self._tokens.cache_read_tokens += usage.cache_read_tokens
         if call.cost_usd is not None:
-            usage.cost_usd = (usage.cost_usd or 0.0) + call.cost_usd
+            self._cost = (self._cost or 0.0) + call.cost_usd
+
+    def usage(self) -> ModelUsage:
+        return ModelUsage(n_calls=self._calls, n_errors=self._errors, **self._tokens.as_dict(), cost_usd=self._cost)
 
     def close_log(self) -> None:
         self._log.close()

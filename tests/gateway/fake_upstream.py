@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ class Reply:
     chunks: int = 3
     chunk_delay: float = 0.0
     """Seconds between streamed events (0: written back to back)."""
+    delay: float = 0.0
+    """Seconds before answering at all (a slow upstream)."""
 
 
 @dataclass
@@ -80,10 +83,15 @@ class FakeUpstream:
         self.name = name
         self.host, self.port = host, port
         self.script: list[Step] = []
-        self.default: Step = Reply()
+        self.default: Step | Callable[[dict[str, Any]], Step] = Reply()
+        """What to do once `script` is empty; a function of the request body for load tests."""
         self.received: list[Received] = []
         self.record = True
         """Benchmarks turn this off so the list does not grow without bound."""
+        self.in_progress = 0
+        self.max_in_progress = 0
+        self.aborted = 0
+        """Requests whose client (the gateway) went away before the answer was complete."""
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
 
@@ -97,16 +105,15 @@ class FakeUpstream:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> FakeUpstream:
-        app = web.Application(client_max_size=256 * 1024**2)
+        app = web.Application(client_max_size=256 * 1024**2, middlewares=[self._track])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/responses", self._responses)
-        app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=1024)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
         return self
 
     async def stop(self) -> None:
@@ -123,13 +130,29 @@ class FakeUpstream:
 
     # ------------------------------------------------------------------------------------------ plumbing
 
+    @web.middleware
+    async def _track(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.in_progress += 1
+        self.max_in_progress = max(self.max_in_progress, self.in_progress)
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            self.aborted += 1
+            raise
+        finally:
+            self.in_progress -= 1
+
     async def _next(self, request: web.Request) -> tuple[dict[str, Any], Step]:
         body = orjson.loads(await request.read())
         if self.record:
             self.received.append(Received(request.path, body, dict(request.headers)))
         step = self.script.pop(0) if self.script else self.default
+        if callable(step):
+            step = step(body)
         if isinstance(step, Hang):
             await asyncio.sleep(3600)
+        if isinstance(step, Reply) and step.delay:
+            await asyncio.sleep(step.delay)
         if isinstance(step, Disconnect) and step.after_chunks is None:
             request.transport.close()  # type: ignore[union-attr]
             raise ConnectionResetError("scripted disconnect")
@@ -163,7 +186,9 @@ class FakeUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body, step = await self._next(request)
         if isinstance(step, Fail):
-            return self._fail(step, {"error": {"message": f"injected {step.status}", "type": "fake", "code": step.status}})
+            return self._fail(
+                step, {"error": {"message": f"injected {step.status}", "type": "fake", "code": step.status}}
+            )
         reply = self._reply_of(step)
         n = next(self._ids)
         cid, model, created = f"chatcmpl-{self.name}-{n}", body.get("model", ""), 1700000000 + n
@@ -171,7 +196,11 @@ class FakeUpstream:
         completion = _tokens(reply.text) + sum(_tokens(c) for c in reply.tool_calls)
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         calls = [
-            {"id": f"call_{n}_{i}", "type": "function", "function": {"name": c["name"], "arguments": orjson.dumps(c["arguments"]).decode()}}
+            {
+                "id": f"call_{n}_{i}",
+                "type": "function",
+                "function": {"name": c["name"], "arguments": orjson.dumps(c["arguments"]).decode()},
+            }
             for i, c in enumerate(reply.tool_calls)
         ]
         finish = "tool_calls" if calls else "stop"
@@ -182,7 +211,10 @@ class FakeUpstream:
             return web.Response(
                 body=orjson.dumps(
                     {
-                        "id": cid, "object": "chat.completion", "created": created, "model": model,
+                        "id": cid,
+                        "object": "chat.completion",
+                        "created": created,
+                        "model": model,
                         "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                         "usage": usage,
                     }
@@ -191,21 +223,42 @@ class FakeUpstream:
             )
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            return _sse({
-                "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-            })
+            return _sse(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+                }
+            )
 
         events = [chunk({"role": "assistant", "content": ""})]
         events += [chunk({"content": piece}) for piece in _pieces(reply.text, reply.chunks) if reply.text]
         for i, call in enumerate(calls):
-            head = {"index": i, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}
+            head = {
+                "index": i,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
             events.append(chunk({"tool_calls": [head]}))
             for piece in _pieces(call["function"]["arguments"], 2):
                 events.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
         events.append(chunk({}, finish))
         if (body.get("stream_options") or {}).get("include_usage"):
-            events.append(_sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}))
+            events.append(
+                _sse(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            )
         events.append(b"data: [DONE]\n\n")
         return await self._stream(request, events, step)
 
@@ -214,33 +267,90 @@ class FakeUpstream:
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body, step = await self._next(request)
         if isinstance(step, Fail):
-            return self._fail(step, {"type": "error", "error": {"type": "api_error", "message": f"injected {step.status}"}})
+            return self._fail(
+                step, {"type": "error", "error": {"type": "api_error", "message": f"injected {step.status}"}}
+            )
         reply = self._reply_of(step)
         n = next(self._ids)
         mid, model = f"msg_{self.name}_{n}", body.get("model", "")
         usage_in = _tokens(body.get("messages"))
         usage_out = _tokens(reply.text) + sum(_tokens(c) for c in reply.tool_calls)
         blocks: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
-        blocks += [{"type": "tool_use", "id": f"toolu_{n}_{i}", "name": c["name"], "input": c["arguments"]} for i, c in enumerate(reply.tool_calls)]
+        blocks += [
+            {"type": "tool_use", "id": f"toolu_{n}_{i}", "name": c["name"], "input": c["arguments"]}
+            for i, c in enumerate(reply.tool_calls)
+        ]
         stop = "tool_use" if reply.tool_calls else "end_turn"
         message = {
-            "id": mid, "type": "message", "role": "assistant", "model": model, "content": blocks,
-            "stop_reason": stop, "stop_sequence": None, "usage": {"input_tokens": usage_in, "output_tokens": usage_out},
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": blocks,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {"input_tokens": usage_in, "output_tokens": usage_out},
         }
         if not body.get("stream"):
             return web.Response(body=orjson.dumps(message), content_type="application/json")
-        events = [_sse({"type": "message_start", "message": {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": usage_in, "output_tokens": 1}}}, "message_start")]
+        events = [
+            _sse(
+                {
+                    "type": "message_start",
+                    "message": {
+                        **message,
+                        "content": [],
+                        "stop_reason": None,
+                        "usage": {"input_tokens": usage_in, "output_tokens": 1},
+                    },
+                },
+                "message_start",
+            )
+        ]
         for i, block in enumerate(blocks):
             if block["type"] == "text":
-                events.append(_sse({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}, "content_block_start"))
+                events.append(
+                    _sse(
+                        {"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}},
+                        "content_block_start",
+                    )
+                )
                 for piece in _pieces(block["text"], reply.chunks):
-                    events.append(_sse({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": piece}}, "content_block_delta"))
+                    events.append(
+                        _sse(
+                            {"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": piece}},
+                            "content_block_delta",
+                        )
+                    )
             else:
-                events.append(_sse({"type": "content_block_start", "index": i, "content_block": {**block, "input": {}}}, "content_block_start"))
+                events.append(
+                    _sse(
+                        {"type": "content_block_start", "index": i, "content_block": {**block, "input": {}}},
+                        "content_block_start",
+                    )
+                )
                 for piece in _pieces(orjson.dumps(block["input"]).decode(), 2):
-                    events.append(_sse({"type": "content_block_delta", "index": i, "delta": {"type": "input_json_delta", "partial_json": piece}}, "content_block_delta"))
+                    events.append(
+                        _sse(
+                            {
+                                "type": "content_block_delta",
+                                "index": i,
+                                "delta": {"type": "input_json_delta", "partial_json": piece},
+                            },
+                            "content_block_delta",
+                        )
+                    )
             events.append(_sse({"type": "content_block_stop", "index": i}, "content_block_stop"))
-        events.append(_sse({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": usage_out}}, "message_delta"))
+        events.append(
+            _sse(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": usage_out},
+                },
+                "message_delta",
+            )
+        )
         events.append(_sse({"type": "message_stop"}, "message_stop"))
         return await self._stream(request, events, step)
 
@@ -249,28 +359,67 @@ class FakeUpstream:
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         body, step = await self._next(request)
         if isinstance(step, Fail):
-            return self._fail(step, {"error": {"message": f"injected {step.status}", "type": "fake", "code": str(step.status)}})
+            return self._fail(
+                step, {"error": {"message": f"injected {step.status}", "type": "fake", "code": str(step.status)}}
+            )
         reply = self._reply_of(step)
         n = next(self._ids)
         usage_in, usage_out = _tokens(body.get("input")), _tokens(reply.text)
-        item = {"type": "message", "id": f"msg_{n}", "role": "assistant", "status": "completed",
-                "content": [{"type": "output_text", "text": reply.text, "annotations": []}]}
+        item = {
+            "type": "message",
+            "id": f"msg_{n}",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": reply.text, "annotations": []}],
+        }
         response = {
-            "id": f"resp_{self.name}_{n}", "object": "response", "created_at": 1700000000 + n, "status": "completed",
-            "model": body.get("model", ""), "output": [item], "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
-            "usage": {"input_tokens": usage_in, "output_tokens": usage_out, "total_tokens": usage_in + usage_out,
-                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+            "id": f"resp_{self.name}_{n}",
+            "object": "response",
+            "created_at": 1700000000 + n,
+            "status": "completed",
+            "model": body.get("model", ""),
+            "output": [item],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": {
+                "input_tokens": usage_in,
+                "output_tokens": usage_out,
+                "total_tokens": usage_in + usage_out,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
         }
         if not body.get("stream"):
             return web.Response(body=orjson.dumps(response), content_type="application/json")
         seq = itertools.count()
-        events = [_sse({"type": "response.created", "sequence_number": next(seq), "response": {**response, "status": "in_progress", "output": []}}, "response.created")]
+        events = [
+            _sse(
+                {
+                    "type": "response.created",
+                    "sequence_number": next(seq),
+                    "response": {**response, "status": "in_progress", "output": []},
+                },
+                "response.created",
+            )
+        ]
         events += [
-            _sse({"type": "response.output_text.delta", "sequence_number": next(seq), "item_id": item["id"], "output_index": 0, "content_index": 0, "delta": piece}, "response.output_text.delta")
+            _sse(
+                {
+                    "type": "response.output_text.delta",
+                    "sequence_number": next(seq),
+                    "item_id": item["id"],
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": piece,
+                },
+                "response.output_text.delta",
+            )
             for piece in _pieces(reply.text, reply.chunks)
         ]
-        events.append(_sse({"type": "response.completed", "sequence_number": next(seq), "response": response}, "response.completed"))
+        events.append(
+            _sse(
+                {"type": "response.completed", "sequence_number": next(seq), "response": response}, "response.completed"
+            )
+        )
         return await self._stream(request, events, step)
-
-    async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "fake"}]})

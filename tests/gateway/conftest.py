@@ -1,0 +1,52 @@
+"""Fixtures: a fake upstream on 127.0.0.1, gateways in front of it, and trials with their own trajectories."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from fake_upstream import FakeUpstream
+
+from evalkit.gateway import Gateway, LLMApiConfig, TrialAccess
+
+GatewayFactory = Callable[..., contextlib.AbstractAsyncContextManager[Gateway]]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream("up0") as server:
+        yield server
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    return tmp_path / "artifacts"
+
+
+@pytest.fixture
+def serve(artifacts: Path) -> GatewayFactory:
+    """`async with serve(config) as gw:` — the job's artifacts go under tmp_path."""
+
+    def start(config: LLMApiConfig, job_name: str = "job") -> contextlib.AbstractAsyncContextManager[Gateway]:
+        return Gateway.serve(config, job_name=job_name, artifacts_dir=artifacts)
+
+    return start
+
+
+@pytest.fixture
+def open_trial(tmp_path: Path) -> Callable[[Gateway, str], TrialAccess]:
+    """Open a trial whose trajectory is `tmp_path/jobs/<trial>/agent/litellm-trajectory.jsonl`."""
+
+    def open_(gw: Gateway, trial_id: str) -> TrialAccess:
+        agent_dir = tmp_path / "jobs" / trial_id / "agent"
+        agent_dir.mkdir(parents=True, exist_ok=True)
+        return gw.open_trial(trial_id, agent_dir / "litellm-trajectory.jsonl")
+
+    return open_
+
+
+@pytest.fixture
+def trajectory(tmp_path: Path) -> Callable[[str], Path]:
+    return lambda trial_id: tmp_path / "jobs" / trial_id / "agent" / "litellm-trajectory.jsonl"

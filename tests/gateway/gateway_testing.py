@@ -1,0 +1,49 @@
+"""Helpers shared by the gateway tests (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import orjson
+from fake_upstream import FakeUpstream
+
+from evalkit.gateway import LLMApiConfig, TrialAccess
+
+MODEL = "smollm2"
+
+
+def vllm_config(*upstreams: FakeUpstream, **settings: Any) -> LLMApiConfig:
+    """Mode B: the fake replicas as `hosted_vllm/` deployments, named after the replicas."""
+    deployments = [{"model": f"hosted_vllm/{MODEL}", "api_base": u.url, "name": u.name} for u in upstreams]
+    return LLMApiConfig(model=MODEL, deployments=deployments, **settings)
+
+
+def read_trajectory(path: Path) -> list[dict[str, Any]]:
+    """Every line must be one complete JSON object."""
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def openai_client(access: TrialAccess, **kwargs: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=access.base_url, api_key=access.api_key, max_retries=0, **kwargs)
+
+
+def anthropic_client(access: TrialAccess, **kwargs: Any) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=access.anthropic_base_url, api_key=access.api_key, max_retries=0, **kwargs)
+
+
+BASH_TOOL_OPENAI = {
+    "type": "function",
+    "function": {
+        "name": "Bash",
+        "description": "Run a command",
+        "parameters": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+    },
+}
+BASH_TOOL_ANTHROPIC = {
+    "name": "Bash",
+    "description": "Run a command",
+    "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+}
