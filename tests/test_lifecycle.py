@@ -151,16 +151,20 @@ def test_cli_exit_1_when_trials_error(tmp_path: Path):
 
 
 async def test_clean_removes_a_jobs_leftover_containers(tmp_path: Path):
+    import uuid
+
     import aiodocker
 
+    leftover, other = f"leftover-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
     async with aiodocker.Docker() as docker:
-        for job in ("leftover", "other-job"):
+        for job in (leftover, other):
             await docker.containers.create(
                 {"Image": "debian:bookworm-slim", "Cmd": ["true"], "Labels": {"evalkit.job": job}}
             )
-    result = run_cli("clean", "--job", "leftover")
+    result = run_cli("clean", "--job", leftover)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "removed 1 container(s) of job leftover"
-    assert await job_containers("leftover") == []
-    assert len(await job_containers("other-job")) == 1
-    assert run_cli("clean", "--job", "other-job").returncode == 0
+    assert result.stdout.strip() == f"removed 1 container(s) of job {leftover}"
+    assert await job_containers(leftover) == []
+    assert len(await job_containers(other)) == 1
+    assert run_cli("clean", "--job", other).returncode == 0
+    assert await job_containers(other) == []
