@@ -50,6 +50,11 @@ class Unit:
         return f"{self.task.name}__{self.attempt}"
 
     @property
+    def retries(self) -> int:
+        """Tries so far that scheduled another."""
+        return sum(1 for r in self.tries if r.will_retry)
+
+    @property
     def final(self) -> TrialResult | None:
         """The last finished try, if no further try is due."""
         if self.tries and not self.tries[-1].will_retry:
@@ -103,6 +108,8 @@ class Job:
         self.progress = Progress(total=0)
         self._write_lock = asyncio.Lock()
         self._last_write = 0.0
+        ca_bundle = config.environment.ca_bundle
+        self._ca_bundle = config.resolve_path(ca_bundle) if ca_bundle else None
 
     # ----------------------------------------------------------------------------------------- preparation
 
@@ -228,12 +235,12 @@ class Job:
                     network_mode=self.config.environment.network_mode,
                     build_timeout_sec=timeouts.build,
                     start_timeout_sec=timeouts.start,
-                    ca_bundle=self.config.resolve_path(self.config.environment.ca_bundle) if self.config.environment.ca_bundle else None,
+                    ca_bundle=self._ca_bundle,
                     keep=self.config.environment.keep_containers,
                 )
                 result = await run_trial(spec, env, agent, timeouts, gateway)
-            retries_done = sum(1 for r in unit.tries if r.will_retry)
-            if result.error and retries_done < self.config.retry.max_retries and self.config.retry.should_retry(result.error.type):
+            retry = self.config.retry
+            if result.error and unit.retries < retry.max_retries and retry.should_retry(result.error.type):
                 result.will_retry = True
                 await asyncio.to_thread(write_json_atomic, spec.trial_dir / "result.json", result)
             unit.tries.append(result)
@@ -244,8 +251,7 @@ class Job:
                 self.on_progress(result, self.progress)
 
     def _backoff(self, unit: Unit) -> float:
-        retries_done = sum(1 for r in unit.tries if r.will_retry)
-        return min(self.config.retry.max_backoff_sec, self.config.retry.backoff_sec * 2 ** (retries_done - 1))
+        return min(self.config.retry.max_backoff_sec, self.config.retry.backoff_sec * 2 ** (unit.retries - 1))
 
     # ----------------------------------------------------------------------------------------- results
 

@@ -58,3 +58,19 @@ async def test_image_built_once_across_trials_and_jobs(tmp_path: Path):
     second = await evaluate({**config, "job_name": "build-b"})
     assert second.summary.mean_reward == 1.0
     assert list((tmp_path / "jobs" / "build-b").glob("*/environment/build.log")) == []
+
+
+async def test_ca_bundle_is_mounted_read_only_and_advertised(tmp_path: Path):
+    bundle = tmp_path / "corp-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nevalkit-test-ca\n-----END CERTIFICATE-----\n")
+    write_task(
+        tmp_path / "tasks",
+        "ca",
+        solve='grep -q evalkit-test-ca "$SSL_CERT_FILE" && ! echo x >> /etc/ssl/certs/ca-certificates.crt && echo done > /tmp/out.txt',
+    )
+    result = await evaluate(
+        {"job_name": "ca", "jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tmp_path / "tasks")},
+         "environment": {"ca_bundle": str(bundle)}}
+    )
+    assert [t.rewards for t in result.trials] == [{"reward": 1.0}]
+    assert "evalkit-test-ca" in bundle.read_text() and "x\n" not in bundle.read_text()
