@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_valid
 
 from adapters.harbor import DatasetConfig
 from evalkit.envvars import expand_env_vars
-from evalkit.errors import TRIAL_ERROR_TYPES, ConfigError
+from evalkit.errors import TRIAL_ERROR_TYPES, ConfigError, read_user_file
 from evalkit.gateway import LLMApiConfig
 from evalkit.strict import StrictModel
 
@@ -168,12 +168,7 @@ def load_config(
 ) -> JobConfig:
     """Read, interpolate and validate a config file. `overrides` maps dotted keys to values (CLI flags)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    text = read_user_file(path, "config file").decode("utf-8", errors="replace")
     data, lines = _parse_yaml(text, str(path), environ)
     return config_from_dict(data, base_dir=path.resolve().parent, source=str(path), lines=lines, overrides=overrides)
 

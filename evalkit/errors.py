@@ -8,6 +8,8 @@ Two families:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class EvalkitError(Exception):
     """An error that stops an evalkit command; `exit_code` is what the CLI returns."""
@@ -19,6 +21,16 @@ class ConfigError(EvalkitError):
     """Bad input from the user: a config file, a task directory, a dataset name."""
 
     exit_code = 2
+
+
+def read_user_file(path: Path, what: str) -> bytes:
+    """Read a file the user pointed at; a missing or unreadable one is a ConfigError that names it."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 class InfrastructureError(EvalkitError):

@@ -15,7 +15,7 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from adapters.harbor.config import TaskSpec
-from evalkit.errors import ConfigError, InfrastructureError
+from evalkit.errors import ConfigError, InfrastructureError, read_user_file
 from evalkit.results import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -121,12 +121,7 @@ def parse_registry(data: bytes, *, location: str, task_root: Path | None) -> Reg
 
 
 def read_registry(path: Path) -> Registry:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"registry file not found: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read registry {path}: {exc.strerror}") from None
+    data = read_user_file(path, "registry file")
     return parse_registry(data, location=str(path), task_root=path.parent)
 
 
