@@ -27,7 +27,7 @@ from evalkit.environments import DockerEngine, DockerEnvironment
 from evalkit.errors import ConfigError
 from evalkit.gateway import Gateway
 from evalkit.metrics import mean_pass_at_k, passed, phase_stats
-from evalkit.results import JobSummary, sum_usage, TaskSummary, TrialResult, utcnow, write_json_atomic
+from evalkit.results import JobSummary, TaskSummary, TrialResult, sum_usage, utcnow, write_json_atomic
 from evalkit.tasks import Task, load_task
 from evalkit.trial import TrialSpec, phase_timeouts, run_trial
 
@@ -238,17 +238,17 @@ class Job:
                     ca_bundle=self._ca_bundle,
                     keep=self.config.environment.keep_containers,
                 )
-                result = await run_trial(spec, env, agent, timeouts, gateway)
-            retry = self.config.retry
-            if result.error and unit.retries < retry.max_retries and retry.should_retry(result.error.type):
-                result.will_retry = True
-                await asyncio.to_thread(write_json_atomic, spec.trial_dir / "result.json", result)
+                result = await run_trial(spec, env, agent, timeouts, gateway, retry_if=lambda r: self._should_retry(unit, r))
             unit.tries.append(result)
             self.progress.count(result)
             if time.monotonic() - self._last_write >= SUMMARY_INTERVAL_SEC:
                 await self._write_summary("running")
             if self.on_progress is not None:
                 self.on_progress(result, self.progress)
+
+    def _should_retry(self, unit: Unit, result: TrialResult) -> bool:
+        retry = self.config.retry
+        return bool(result.error) and unit.retries < retry.max_retries and retry.should_retry(result.error.type)
 
     def _backoff(self, unit: Unit) -> float:
         return min(self.config.retry.max_backoff_sec, self.config.retry.backoff_sec * 2 ** (unit.retries - 1))

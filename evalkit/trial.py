@@ -11,7 +11,8 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from evalkit.agents import Agent
 from evalkit.cleanup import uncancellable
@@ -72,9 +73,17 @@ def error_info(exc: BaseException) -> ErrorInfo:
 
 
 async def run_trial(
-    spec: TrialSpec, env: Environment, agent: Agent, timeouts: PhaseTimeouts, gateway: Gateway | None = None
+    spec: TrialSpec,
+    env: Environment,
+    agent: Agent,
+    timeouts: PhaseTimeouts,
+    gateway: Gateway | None = None,
+    retry_if: Callable[[TrialResult], bool] | None = None,
 ) -> TrialResult:
-    """Run every phase that can run, then write `result.json` and `evaluation/verdict.json`."""
+    """Run every phase that can run, then write `result.json` and `evaluation/verdict.json`.
+
+    `retry_if` decides `will_retry` before the one write, so a crash can never separate a result from
+    the decision to retry it."""
     task = spec.task
     result = TrialResult(
         job_name=spec.job_name,
@@ -127,6 +136,7 @@ async def run_trial(
         except Exception as exc:  # a container we could not remove is worth knowing about, not a crash
             result.error = result.error or error_info(exc)
     result.finished_at = utcnow()
+    result.will_retry = retry_if is not None and retry_if(result)
     await asyncio.to_thread(_write_trial_files, spec.trial_dir, result)
     return result
 
