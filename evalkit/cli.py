@@ -93,7 +93,7 @@ def _clean_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from adapters.harbor.cli import add_parser as add_datasets_parser
+    from evalkit.adapters.harbor.cli import add_parser as add_datasets_parser
     from evalkit.gateway.cli import add_parser as add_gateway_parser
 
     parser = argparse.ArgumentParser(prog="evalkit", description="Evaluate LLM agents on containerized benchmarks.")

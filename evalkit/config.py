@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 
-from adapters.harbor import DatasetConfig
+from evalkit.adapters.harbor import DatasetConfig
 from evalkit.envvars import expand_env_vars
 from evalkit.errors import TRIAL_ERROR_TYPES, ConfigError, read_user_file
 from evalkit.gateway import LLMApiConfig

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import yaml
 
-from adapters.harbor import TaskRef, resolve_tasks
+from evalkit.adapters.harbor import TaskRef, resolve_tasks
 from evalkit.agents import create_agent
 from evalkit.cleanup import uncancellable
 from evalkit.config import JobConfig

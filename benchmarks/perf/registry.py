@@ -25,11 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-from adapters.harbor import DatasetConfig
-from adapters.harbor.cache import fetch_plan
-from adapters.harbor.cli import _list
-from adapters.harbor.registry import Registry, read_registry
-from adapters.harbor.resolve import select
+from evalkit.adapters.harbor import DatasetConfig
+from evalkit.adapters.harbor.cache import fetch_plan
+from evalkit.adapters.harbor.cli import _list
+from evalkit.adapters.harbor.registry import Registry, read_registry
+from evalkit.adapters.harbor.resolve import select
 
 REPO = Path(__file__).resolve().parents[2]
 TARGET_LOAD_AND_RESOLVE_SEC = 0.3

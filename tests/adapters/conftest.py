@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.harbor import DatasetConfig, TaskRef, resolve_tasks
+from evalkit.adapters.harbor import DatasetConfig, TaskRef, resolve_tasks
 
 REAL_REGISTRY = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "harbor-registry.json"
 

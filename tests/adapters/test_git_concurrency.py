@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from adapters.harbor.cache import repo_key
+from evalkit.adapters.harbor.cache import repo_key
 from tests.adapters.conftest import checkouts, git, git_task, resolve, task_files, temp_files, write_registry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 RESOLVE = """
 import asyncio, json, sys
 from pathlib import Path
-from adapters.harbor import DatasetConfig, resolve_tasks
+from evalkit.adapters.harbor import DatasetConfig, resolve_tasks
 refs = asyncio.run(resolve_tasks(DatasetConfig.model_validate_json(sys.argv[1]), base_dir=Path(sys.argv[2])))
 print(json.dumps([[r.name, str(r.path), r.git_commit] for r in refs]))
 """

@@ -7,7 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from adapters.harbor.git import BareRepo
+from evalkit.adapters.harbor.git import BareRepo
 from tests.adapters.conftest import checkouts, git, git_task, resolve, task_files, temp_files, write_registry
 
 

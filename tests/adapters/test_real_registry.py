@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
-from adapters.harbor import DatasetConfig, resolve_tasks
-from adapters.harbor.cache import fetch_plan
-from adapters.harbor.git import FULL_SHA, SHORT_SHA
-from adapters.harbor.registry import read_registry
-from adapters.harbor.resolve import select
+from evalkit.adapters.harbor import DatasetConfig, resolve_tasks
+from evalkit.adapters.harbor.cache import fetch_plan
+from evalkit.adapters.harbor.git import FULL_SHA, SHORT_SHA
+from evalkit.adapters.harbor.registry import read_registry
+from evalkit.adapters.harbor.resolve import select
 from tests.adapters.conftest import REAL_REGISTRY, GitRemote, checkouts, task_files
 
 pytestmark = pytest.mark.skipif(not REAL_REGISTRY.exists(), reason=f"{REAL_REGISTRY} is absent")

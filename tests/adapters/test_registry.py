@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 from aiohttp import web
 
-from adapters.harbor import DatasetConfig, load_registry, resolve_tasks
-from adapters.harbor.registry import default_version, read_registry
+from evalkit.adapters.harbor import DatasetConfig, load_registry, resolve_tasks
+from evalkit.adapters.harbor.registry import default_version, read_registry
 from evalkit.errors import ConfigError, InfrastructureError
 from tests.adapters.conftest import write_registry
 

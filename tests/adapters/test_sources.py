@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from adapters.harbor import DatasetConfig, TaskSpec, resolve_tasks
-from adapters.harbor.config import default_cache_dir
-from adapters.harbor.resolve import select
+from evalkit.adapters.harbor import DatasetConfig, TaskSpec, resolve_tasks
+from evalkit.adapters.harbor.config import default_cache_dir
+from evalkit.adapters.harbor.resolve import select
 from evalkit.errors import ConfigError
 from tests.adapters.conftest import git_task, task_files, write_registry
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from adapters.harbor.config import TaskSpec
-from adapters.harbor.git import FULL_SHA, SHORT_SHA, BareRepo, GitError
+from evalkit.adapters.harbor.config import TaskSpec
+from evalkit.adapters.harbor.git import FULL_SHA, SHORT_SHA, BareRepo, GitError
 from evalkit.errors import ConfigError, InfrastructureError
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from adapters.harbor.cache import GitTaskCache
-from adapters.harbor.config import DatasetConfig, TaskSpec
-from adapters.harbor.local import local_task_dir, tasks_in_directory
-from adapters.harbor.registry import load_registry
+from evalkit.adapters.harbor.cache import GitTaskCache
+from evalkit.adapters.harbor.config import DatasetConfig, TaskSpec
+from evalkit.adapters.harbor.local import local_task_dir, tasks_in_directory
+from evalkit.adapters.harbor.registry import load_registry
 from evalkit.errors import ConfigError
 from evalkit.results import write_json_atomic
 from evalkit.strict import StrictModel

@@ -14,13 +14,13 @@ import orjson
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from adapters.harbor.config import TaskSpec
+from evalkit.adapters.harbor.config import TaskSpec
 from evalkit.errors import ConfigError, InfrastructureError, read_user_file
 from evalkit.results import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-BUNDLED_REGISTRY = Path(__file__).resolve().parents[2] / "benchmarks" / "registry.json"
+BUNDLED_REGISTRY = Path(__file__).resolve().parents[3] / "benchmarks" / "registry.json"
 """The registry shipped with evalkit, used when a config or command names none."""
 
 DOWNLOAD_TIMEOUT_SEC = 60.0

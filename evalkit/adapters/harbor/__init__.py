@@ -9,8 +9,8 @@
     cli.py       `evalkit datasets list | show`
 """
 
-from adapters.harbor.config import DatasetConfig, TaskSpec
-from adapters.harbor.registry import Dataset, Registry, load_registry
-from adapters.harbor.resolve import TaskRef, resolve_tasks
+from evalkit.adapters.harbor.config import DatasetConfig, TaskSpec
+from evalkit.adapters.harbor.registry import Dataset, Registry, load_registry
+from evalkit.adapters.harbor.resolve import TaskRef, resolve_tasks
 
 __all__ = ["Dataset", "DatasetConfig", "Registry", "TaskRef", "TaskSpec", "load_registry", "resolve_tasks"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.harbor.config import TaskSpec
+from evalkit.adapters.harbor.config import TaskSpec
 from evalkit.errors import ConfigError
 
 

@@ -9,8 +9,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from adapters.harbor.config import default_cache_dir, split_name
-from adapters.harbor.registry import Registry, default_version, load_registry
+from evalkit.adapters.harbor.config import default_cache_dir, split_name
+from evalkit.adapters.harbor.registry import Registry, default_version, load_registry
 from evalkit.cli import run_main
 
 

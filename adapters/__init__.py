@@ -1,1 +1,0 @@
-"""Adapters turn other projects' benchmark formats into the task lists evalkit runs."""

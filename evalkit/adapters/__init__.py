@@ -1,0 +1,1 @@
+"""Task sources evalkit reads: Harbor registries and task directories (`evalkit.adapters.harbor`)."""
