@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+set -euo pipefail
+cat /tmp/hc-count > /app/checks-before-agent.txt

@@ -1,0 +1,10 @@
+#!/bin/sh
+exe=$(readlink /proc/$$/exe)
+me=$(basename "$exe")
+solver=$(cat /app/solve-interpreter.txt 2>/dev/null)
+echo "solve.sh ran under '$solver', test.sh under '$me'"
+if [ "$solver" = dash ] && [ "$me" = dash ]; then
+  echo 1 > /logs/verifier/reward.txt
+else
+  echo 0 > /logs/verifier/reward.txt
+fi

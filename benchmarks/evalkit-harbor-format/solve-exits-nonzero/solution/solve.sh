@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+echo 42 > /app/answer.txt
+exit 3
