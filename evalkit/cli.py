@@ -94,6 +94,7 @@ def _clean_command(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from evalkit.adapters.harbor.cli import add_parser as add_datasets_parser
+    from evalkit.analysis.cli import add_parser as add_analysis_parser
     from evalkit.gateway.cli import add_parser as add_gateway_parser
 
     parser = argparse.ArgumentParser(prog="evalkit", description="Evaluate LLM agents on containerized benchmarks.")
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_clean_parser(subparsers)
     add_datasets_parser(subparsers)
     add_gateway_parser(subparsers)
+    add_analysis_parser(subparsers)
     return parser
 
 

@@ -179,7 +179,7 @@ def clustered_interval(task_scores: Sequence[float], *, rate: bool) -> tuple[flo
     if t < 2:
         return mean, None, None, None
     se = statistics.stdev(task_scores) / math.sqrt(t)
-    if se == 0.0 and rate and mean in (0.0, 1.0):
+    if se == 0.0 and mean in (0.0, 1.0):
         low, high = clopper_pearson(int(mean) * t, t)
         return mean, 0.0, low, high
     half = t_quantile(0.5 + CONFIDENCE / 2, t - 1) * se
@@ -388,13 +388,19 @@ def compute_metrics(
                     f"metrics: {spec.name} needs at least {spec.k} attempts per task, but task {task!r} has {n}; "
                     f"set n_attempts ≥ {spec.k} or ask for a smaller k"
                 )
-    reward_keys: list[str | None] = [None] + (sorted(keys) if len(keys) > 1 else [])
+    reward_keys: list[str | None] = [None] + (sorted(keys - {"reward"}) if len(keys) > 1 else [])
     values: dict[str | None, dict[str, list[float]]] = {key: defaultdict(list) for key in reward_keys}
     n_infra = n_cancelled = n_excluded = 0
+    tasks_with: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        for key in r.rewards or ():
+            tasks_with[key].add(r.task)
     for r in rows:
         n_infra += r.error_kind == "infrastructure"
         n_cancelled += r.error_kind == "cancelled"
         for key in reward_keys:
+            if key is not None and r.task not in tasks_with[key]:
+                continue  # a key counts only on the tasks whose verifier reports it
             value = _scored_value(r, key, error_policy)
             if value is not None:
                 values[key][r.task].append(value)
@@ -404,7 +410,11 @@ def compute_metrics(
     coverage = (len(rows) - n_infra - n_cancelled) / len(rows) if rows else None
 
     def metric_list(subset: list[str]) -> list[MetricValue]:
-        return [_metric(spec, key or "reward", values[key], subset) for key in reward_keys for spec in specs]
+        return [
+            _metric(spec, key or "reward", values[key], [t for t in subset if key is None or t in tasks_with[key]])
+            for key in reward_keys
+            for spec in specs
+        ]
 
     breakdowns: dict[str, dict[str, list[MetricValue]]] = {}
     meta = task_metadata or {}
