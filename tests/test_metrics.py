@@ -102,12 +102,15 @@ def test_metric_names():
 
 
 def test_multi_key_rewards_get_metrics_per_key():
-    records = [TrialRecord(task="a", rewards={"reward": 1.0, "style": 0.5}), TrialRecord(task="b", rewards={"reward": 0.0, "style": 1.0})]
+    records = [TrialRecord(task="a", rewards={"reward": 1.0, "style": 0.5}), TrialRecord(task="b", rewards={"reward": 0.0, "style": 1.0}),
+               TrialRecord(task="c", rewards={"reward": 1.0}), TrialRecord(task="c", attempt=1, rewards={"reward": 0.0})]
     report = compute_metrics(records, metrics=["avg", "pass_rate"])
-    assert by_name(report, "reward")["mean_reward"].value == 0.5
-    assert by_name(report, "style")["mean_reward"].value == 0.75
+    assert by_name(report, "reward")["mean_reward"].value == pytest.approx(1.5 / 3)  # task means 1, 0, 0.5
+    assert by_name(report, "style")["mean_reward"].value == 0.75  # only tasks a and b report `style`
+    assert by_name(report, "style")["mean_reward"].n_tasks == 2
     assert by_name(report, "style")["pass_rate"].value == 0.5
-    assert report.flat()["mean_reward/style"] == 0.75 and report.flat()["mean_reward"] == 0.5
+    assert report.flat()["mean_reward/style"] == 0.75 and report.flat()["mean_reward"] == pytest.approx(0.5)
+    assert "style" not in {m.reward_key for m in compute_metrics(records[2:]).metrics}
 
 
 def test_denominator_policies_and_coverage():

@@ -297,8 +297,8 @@ def export_job(job_dir: Path, fmt: Literal["atif", "otel"], out_dir: Path | None
             result.skipped[t.dir.name] = t.reason
             continue
         path = t.dir / TRAJECTORY
-        if not path.is_file() or path.is_symlink():
-            result.skipped[t.dir.name] = "no trajectory (the agent made no model calls through the gateway)"
+        if not path.is_file() or path.is_symlink() or path.stat().st_size == 0:
+            result.skipped[t.dir.name] = "no model calls (no trajectory, or an empty one)"
             continue
         extra = {"job": job_dir.name, "job_id": job_id or None, "trial": t.trial, "try": t.dir.name, "task": t.task,
                  "attempt": t.attempt, "reward": t.reward, "error": t.error_type}
