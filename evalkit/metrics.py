@@ -50,6 +50,15 @@ INTERVAL_METHOD = (
 )
 
 
+def primary_reward(rewards: Mapping[str, float] | None) -> float | None:
+    """The primary reward: `reward` if the verifier wrote that key, else the mean of all keys."""
+    if not rewards:
+        return None
+    if "reward" in rewards:
+        return rewards["reward"]
+    return sum(rewards.values()) / len(rewards)
+
+
 def passed(reward: float | None) -> bool:
     return reward is not None and reward >= PASS_THRESHOLD
 
@@ -243,12 +252,7 @@ class TrialRecord(BaseModel):
 
     @property
     def reward(self) -> float | None:
-        """The primary reward: `reward` if present, else the mean of all keys (as `TrialResult.reward`)."""
-        if not self.rewards:
-            return None
-        if "reward" in self.rewards:
-            return self.rewards["reward"]
-        return sum(self.rewards.values()) / len(self.rewards)
+        return primary_reward(self.rewards)
 
 
 class MetricValue(BaseModel):

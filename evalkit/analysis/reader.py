@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 import yaml
 
+from evalkit.metrics import primary_reward
+
 TRAJECTORY = Path("agent") / "litellm-trajectory.jsonl"
 _TRY_DIR = re.compile(r"^(?P<trial>.+__(?P<attempt>\d+))(?:-try(?P<try>\d+))?$")
 
@@ -231,11 +233,7 @@ class TryRecord:
 
     @property
     def reward(self) -> float | None:
-        if not self.rewards:
-            return None
-        if "reward" in self.rewards:
-            return self.rewards["reward"]
-        return sum(self.rewards.values()) / len(self.rewards)
+        return primary_reward(self.rewards)
 
 
 @dataclass
