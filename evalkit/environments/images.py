@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import aiodocker
@@ -131,40 +132,51 @@ class ImageBuilder:
 
     async def _build(self, task: Task, tag: str, *, timeout_sec: float | None, log_path: Path) -> None:
         context = await asyncio.to_thread(tar_directory, task.environment_dir)
-        params = {
-            "t": tag,
-            "rm": "1",
-            "forcerm": "1",  # a failed step must not leave its container behind
-            "networkmode": "host",  # RUN steps that fetch packages; there is no bridge here
-            "labels": json.dumps({"evalkit.task": task.name, "evalkit.built-by": self._job_name}),
-        }
+        params = {"t": tag, "labels": json.dumps({"evalkit.task": task.name, "evalkit.built-by": self._job_name})}
         log_path.parent.mkdir(parents=True, exist_ok=True)
         lines: list[str] = []
-        error: str | None = None
         try:
             async with asyncio.timeout(timeout_sec):
-                async with self._client._query(
-                    "build", method="POST", params=params, data=context,
-                    headers={"Content-Type": "application/x-tar"}, timeout=None,
-                ) as response:
-                    async for raw in response.content:
-                        if not raw.strip():
-                            continue
-                        try:
-                            event = json.loads(raw)
-                        except ValueError:
-                            continue
-                        if "stream" in event:
-                            lines.append(event["stream"])
-                        if "error" in event:
-                            error = event["error"].strip()
-                            lines.append(f"ERROR: {error}\n")
+                error = await build_image(self._client, context, params, lines.append)
         except TimeoutError:
             error = f"image build outlived its timeout of {timeout_sec:.0f} s"
-        except aiodocker.DockerError as exc:
-            error = exc.message
         finally:
             log_path.write_text("".join(lines))
         if error is not None:
             tail = "\n".join("".join(lines).strip().splitlines()[-5:])
             raise EnvironmentBuildError(f"building {task.name} failed: {error}" + (f"\n{tail}" if tail else ""))
+
+
+async def build_image(
+    client: aiodocker.Docker, context: bytes, params: dict[str, str], on_output: Callable[[str], None]
+) -> str | None:
+    """Build an image from a tar context through the Engine API (classic builder, host networking for `RUN`
+    steps), passing each line of build output to `on_output` as it arrives; returns the build's error
+    message, or None when it succeeded. `params` are `/build` query parameters (`t`, `labels`, ...)."""
+    query = {
+        "rm": "1",
+        "forcerm": "1",  # a failed step must not leave its container behind
+        "networkmode": "host",  # RUN steps that fetch packages; there is no bridge here
+        **params,
+    }
+    try:
+        async with client._query(
+            "build", method="POST", params=query, data=context,
+            headers={"Content-Type": "application/x-tar"}, timeout=None,
+        ) as response:
+            async for raw in response.content:
+                if not raw.strip():
+                    continue
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    continue
+                if "stream" in event:
+                    on_output(event["stream"])
+                if "error" in event:
+                    error = event["error"].strip()
+                    on_output(f"ERROR: {error}\n")
+                    return error
+    except aiodocker.DockerError as exc:
+        return exc.message
+    return None
