@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     from evalkit.adapters.harbor.cli import add_parser as add_datasets_parser
     from evalkit.analysis.cli import add_parser as add_analysis_parser
     from evalkit.gateway.cli import add_parser as add_gateway_parser
+    from evalkit.runtimes import add_parser as add_runtime_parser
 
     parser = argparse.ArgumentParser(prog="evalkit", description="Evaluate LLM agents on containerized benchmarks.")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_datasets_parser(subparsers)
     add_gateway_parser(subparsers)
     add_analysis_parser(subparsers)
+    add_runtime_parser(subparsers)
     return parser
 
 
