@@ -44,6 +44,7 @@ FORWARDER = f"{RUNTIME_MOUNT}/bin/evalkit-forward"
 STAMP_FILE = ".evalkit-runtime.json"
 RUNTIMES_DIR = Path(__file__).resolve().parents[1] / "runtimes"
 """The repo's Dockerfiles: `base/` (shared stage), `forwarder/`, and one directory per scaffold."""
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the engine colours a step's stderr
 
 
 def runtimes_cache_dir() -> Path:
@@ -313,11 +314,8 @@ async def _build_step(
             ticker.cancel()
     _finish_step(step, report)
     if error is not None:
-        tail = "\n".join("".join(log).strip().splitlines()[-8:])
+        tail = "\n".join(_ANSI.sub("", "".join(log)).strip().splitlines()[-8:])
         raise RuntimeBuildError(f"building {tag} from runtimes/{dockerfile} failed: {error}\n{tail}")
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the engine colours a step's stderr
 
 
 def _finish_step(step: dict, report: Callable[[str], None]) -> None:

@@ -477,6 +477,27 @@ async def test_forwarder_relays_requests_and_streams_from_a_none_container(docke
     assert probe.strip() == "host-port-refused"
 
 
+async def test_forwarder_relays_at_most_n_connections_at_once(docker, tmp_path, socket_dir):
+    tree = await _forwarder_tree(docker, tmp_path)
+    request = r"POST /v1/hello HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+    script = "; ".join([
+        f"{FORWARDER} -d -n 1 8765 {SOCKET_DIR}/model.sock || exit 9",
+        "exec 3<>/dev/tcp/127.0.0.1/8765",  # A: takes the only relay and sends nothing
+        "exec 4<>/dev/tcp/127.0.0.1/8765",  # B: waits in the listen backlog
+        f"printf '%b' '{request}' >&4",
+        "timeout 2 cat <&4; echo B-while-A-open=$?",
+        "echo relays=$(grep -lx evalkit-forward /proc/[0-9]*/comm 2>/dev/null | wc -l)",
+        "exec 3>&-",  # A hangs up: its relay ends and B is accepted
+        "timeout 20 cat <&4 | head -1",
+    ])
+    async with ModelServer(socket_dir) as server:
+        async with minimal_container(docker, tree, ["bash", "-c", script], binds=[f"{socket_dir}:{SOCKET_DIR}:ro"]) as c:
+            code, out, err = await run_to_end(c)
+    assert code == 0, err
+    assert out.splitlines() == ["B-while-A-open=124", "relays=2", "HTTP/1.1 200 OK"]  # the listener + one relay
+    assert server.requests == [("/v1/hello", b"hi")]
+
+
 async def test_forwarder_without_its_socket_closes_the_connection_and_logs_one_line(docker, tmp_path, socket_dir):
     tree = await _forwarder_tree(docker, tmp_path)
     script = f"{FORWARDER} -d 8765 {SOCKET_DIR}/model.sock || exit 9; exec 3<>/dev/tcp/127.0.0.1/8765 && cat <&3; echo closed=$?; sleep 0.2"
