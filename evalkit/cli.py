@@ -95,6 +95,7 @@ def _clean_command(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from evalkit.adapters.harbor.cli import add_parser as add_datasets_parser
     from evalkit.analysis.cli import add_parser as add_analysis_parser
+    from evalkit.dashboard.cli import add_parser as add_view_parser
     from evalkit.gateway.cli import add_parser as add_gateway_parser
     from evalkit.runtimes import add_parser as add_runtime_parser
 
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gateway_parser(subparsers)
     add_analysis_parser(subparsers)
     add_runtime_parser(subparsers)
+    add_view_parser(subparsers)
     return parser
 
 
