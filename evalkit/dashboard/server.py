@@ -61,6 +61,8 @@ class State:
 
     artifacts: Path
     catalog: Catalog
+    bind_host: str
+    """The address the server listens on; on a loopback one, only loopback Host names are answered."""
     searches: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_SEARCHES))
     streams: int = 0
     cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
@@ -101,7 +103,7 @@ def _host_name(host: str) -> str:
 @web.middleware
 async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Security headers on every answer; GET/HEAD only; loopback Host names on a loopback bind; typed errors as JSON."""
-    bound = request.app["bind_host"]
+    bound = request.app[STATE].bind_host
     try:
         if request.method not in ("GET", "HEAD"):
             response: web.StreamResponse = _error("method not allowed: the dashboard is read-only", 405)
@@ -335,8 +337,7 @@ async def not_found(request: web.Request) -> web.Response:
 def create_app(artifacts: Path, *, bind_host: str = "127.0.0.1") -> web.Application:
     """The dashboard over `artifacts` (which need not exist yet: the pages then say there is nothing)."""
     app = web.Application(middlewares=[guard])
-    app["bind_host"] = bind_host
-    app[STATE] = State(artifacts=Path(artifacts), catalog=Catalog(Path(artifacts)))
+    app[STATE] = State(artifacts=Path(artifacts), catalog=Catalog(Path(artifacts)), bind_host=bind_host)
     get = app.router.add_get
     get("/", index_page)
     get("/static/{path:.+}", static_file)

@@ -207,8 +207,10 @@ def viewer(jobs: Jobs) -> Iterator[Viewer]:
     v.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Browser]:
+    """Chromium for one test: Playwright's sync API holds an event loop open in this thread while it runs, so it
+    must not outlive the test (the asyncio tests need the thread free)."""
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
@@ -302,3 +304,58 @@ def write_training_store(artifacts: Path, run_id: str, rollouts_from: Path | Non
     db.commit()
     db.close()
     return path
+
+
+class Served:
+    """The dashboard app on a real socket on 127.0.0.1 inside the test's event loop."""
+
+    def __init__(self, artifacts: Path) -> None:
+        from aiohttp import web
+
+        from evalkit.dashboard import create_app
+
+        self.runner = web.AppRunner(create_app(artifacts), handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
+        self.url = ""
+        self.port = 0
+
+    async def __aenter__(self) -> Served:
+        from aiohttp import web
+
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+    async def raw(self, target: str, *, method: str = "GET", host: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        """Send exactly `METHOD target HTTP/1.1` (no client-side normalisation of `..` or `%2e`)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(f"{method} {target} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{self.port}'}\r\n"
+                         f"Connection: close\r\n\r\n".encode())
+            await writer.drain()
+            data = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        if headers.get("transfer-encoding") == "chunked":
+            body = _unchunk(body)
+        return int(lines[0].split()[1]), headers, body
+
+
+def _unchunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size, _, rest = body.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            break
+        out, body = out + rest[:n], rest[n + 2:]
+    return out

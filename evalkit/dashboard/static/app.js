@@ -1,6 +1,6 @@
 // The router: the part of the URL after '#' names the page; each page module renders into <main>.
 import { destroyAll } from "./charts.js";
-import { h } from "./dom.js";
+import { h, mount } from "./dom.js";
 import { jobsPage } from "./pages/jobs.js";
 import { jobPage } from "./pages/job.js";
 import { trialPage } from "./pages/trial.js";
@@ -27,7 +27,7 @@ async function show() {
   const main = document.getElementById("main");
   const render = routes[page];
   if (!render) {
-    main.replaceChildren(h("p", { class: "error" }, `no such page: ${page}`));
+    mount(main, h("p", { class: "error" }, `no such page: ${page}`));
     return;
   }
   const ctx = { main, args, params, onLeave: (fn) => cleanups.push(fn) };
@@ -36,7 +36,7 @@ async function show() {
   try {
     await render(ctx);
   } catch (err) {
-    main.replaceChildren(h("p", { class: "error" }, `could not load: ${err.message}`));
+    mount(main, h("p", { class: "error" }, `could not load: ${err.message}`));
   }
   document.body.dataset.ready = "1";
 }

@@ -143,7 +143,8 @@ export function dataTable({ columns, rows, state = {}, pageSize = 100, filters =
   });
   input.addEventListener("input", () => { state.filter = input.value; state.page = 0; draw(); });
   for (const f of filters) f.onchange = () => { state.page = 0; draw(); };
-  wrap.append(h("div", { class: "table-tools" }, input, ...filters.map((f) => f.control), info, pager),
+  const tools = rows.length > 10 || filters.length;
+  wrap.append(tools ? h("div", { class: "table-tools" }, input, ...filters.map((f) => f.control), info, pager) : "",
               h("table", { class: "data" }, h("thead", null, head), body));
   draw();
   return wrap;
@@ -155,4 +156,10 @@ export function selectFilter(label, options, test) {
   const filter = { control: h("label", { class: "filter" }, `${label} `, select), test: (row) => test(select.value, row), onchange: null };
   select.addEventListener("change", () => filter.onchange && filter.onchange());
   return filter;
+}
+
+// Replace what `el` shows (skipping null/false children, unlike replaceChildren).
+export function mount(el, ...children) {
+  el.replaceChildren();
+  return add(el, children);
 }

@@ -2,7 +2,7 @@
 // trajectories from both jobs side by side, step by step.
 import { get } from "../api.js";
 import * as charts from "../charts.js";
-import { dataTable, fmt, h, link, message, route, section } from "../dom.js";
+import { add, dataTable, fmt, h, link, message, mount, route, section } from "../dom.js";
 import { callCard } from "./calls.js";
 
 const PAGE = 20;
@@ -19,14 +19,14 @@ export async function comparePage(ctx) {
     e.preventDefault();
     location.hash = `${route("compare")}?${new URLSearchParams({ a: selA.value, b: selB.value, k: kIn.value })}`;
   } }, "A ", selA, " B ", selB, " k ", kIn, " ", h("button", { type: "submit" }, "Compare"));
-  ctx.main.replaceChildren(h("h1", null, "Compare two jobs"), section("Jobs", form));
+  mount(ctx.main, h("h1", null, "Compare two jobs"), section("Jobs", form));
   if (!a || !b) {
-    ctx.main.append(message("Choose job A (the baseline) and job B."));
+    add(ctx.main,message("Choose job A (the baseline) and job B."));
     return;
   }
   const c = await get("/api/compare", { a, b, k });
   const estimates = [c.mean_reward, c.pass_at_k].filter(Boolean);
-  ctx.main.append(
+  add(ctx.main,
     section("Verdict", h("p", { class: "verdict" }, c.verdict),
       h("table", { class: "data" },
         h("thead", null, h("tr", null, ["metric", "A", "B", "B − A", "95% CI (paired bootstrap)", "MDE"].map((x) => h("th", null, x)))),
@@ -44,7 +44,7 @@ export async function comparePage(ctx) {
         { label: `B pass@${c.k}`, key: "b_pass_at_k", num: true, render: (t) => fmt.num(t.b_pass_at_k) },
       ] })),
   );
-  ctx.main.append(await sideBySide(a, b, k, c.tasks.map((t) => t.task), p));
+  add(ctx.main,await sideBySide(a, b, k, c.tasks.map((t) => t.task), p));
 }
 
 async function sideBySide(a, b, k, tasks, p) {
@@ -58,7 +58,7 @@ async function sideBySide(a, b, k, tasks, p) {
   if (!task) return box;
   const r = await get("/api/compare/trajectories", { a, b, task, attempt, offset, limit: PAGE });
   const head = (label, job, tryName) => h("th", null, `${label}: `, tryName ? link(`${job} / ${tryName}`, route("trial", job, tryName)) : `${job} (no finished trial)`);
-  box.append(
+  add(box,
     h("table", { class: "side-by-side", "data-aligned": "" },
       h("thead", null, h("tr", null, h("th", null, "step"), head("A", a, r.a_try), head("B", b, r.b_try))),
       h("tbody", null, r.rows.map((row) => h("tr", null, h("td", { class: "num" }, row.step),

@@ -3,7 +3,7 @@
 import { fileUrl, get, jobUrl, seg } from "../api.js";
 import * as charts from "../charts.js";
 import { destroyAll } from "../charts.js";
-import { badge, dataTable, fmt, h, kv, link, message, route, section, selectFilter } from "../dom.js";
+import { badge, dataTable, fmt, h, kv, link, message, route, section, selectFilter, mount } from "../dom.js";
 import { analysisSection } from "./reports.js";
 
 const tableStates = new Map();
@@ -17,7 +17,7 @@ export async function jobPage(ctx) {
   const reload = async () => {
     const data = await get(jobUrl(name));
     destroyAll();
-    ctx.main.replaceChildren(...render(name, data, state));
+    mount(ctx.main, ...render(name, data, state));
     if (data.summary.state === "running" && !source) {
       source = new EventSource(`${jobUrl(name)}/events`);
       source.addEventListener("change", (e) => {

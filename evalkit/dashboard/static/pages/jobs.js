@@ -1,6 +1,6 @@
 // Jobs: every job under artifacts/jobs/ with its state and scores, and the archived runs of index.yaml.
 import { get } from "../api.js";
-import { badge, dataTable, fmt, h, link, message, route, section, selectFilter } from "../dom.js";
+import { badge, dataTable, fmt, h, link, message, route, section, selectFilter, mount } from "../dom.js";
 
 const tableState = {};
 
@@ -30,7 +30,7 @@ export async function jobsPage({ main }) {
     { label: "analysis", value: (j) => (j.has_analysis ? "yes" : "no"), render: (j) => (j.has_analysis ? badge("analysed", "ok") : "") },
   ];
   const state = selectFilter("state", [["", "any"], ["running", "running"], ["finished", "finished"], ["interrupted", "interrupted"]], (v, j) => !v || j.state === v);
-  main.replaceChildren(
+  mount(main,
     h("h1", null, "Jobs"),
     data.jobs.length
       ? section("Jobs", dataTable({ name: "jobs", columns, rows: data.jobs, state: tableState, filters: [state] }), h("p", null, compareButton))

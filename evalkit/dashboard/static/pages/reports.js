@@ -1,7 +1,7 @@
 // The analysis reports of <job>/analysis/ (evalkit/analysis/reports.py), each rendered as tables.
 // Loaded after the job page is shown; a report that is missing, damaged or of an unknown shape is shown raw.
 import { fileUrl } from "../api.js";
-import { dataTable, fmt, h, link, message, pre, route, section } from "../dom.js";
+import { add, dataTable, fmt, h, link, message, pre, route, section } from "../dom.js";
 
 const RENDERERS = {
   "status.json": statusReport,
@@ -22,7 +22,7 @@ export function analysisSection(job, files) {
       const response = await fetch(fileUrl("jobs", job, "analysis", rel));
       if (!response.ok) throw new Error(`${response.status}`);
       const data = JSON.parse(await response.text());
-      box.append(...[(RENDERERS[rel] || raw)(job, data)].flat());
+      add(box, (RENDERERS[rel] || raw)(job, data));
     } catch (err) {
       box.append(message(`unreadable: ${err.message}`, "error"));
     }

@@ -2,7 +2,7 @@
 // store at artifacts/training/<run_id>.sqlite (schema: docs/architecture.md, "Training store").
 import { fileUrl, get, seg } from "../api.js";
 import * as charts from "../charts.js";
-import { dataTable, fmt, h, link, message, route, section } from "../dom.js";
+import { dataTable, fmt, h, link, message, route, section, mount } from "../dom.js";
 
 const SHOWN = ["mean_reward", "pass_rate", "coverage"];
 
@@ -10,7 +10,7 @@ export async function trainingPage(ctx) {
   const [name] = ctx.args;
   if (!name) {
     const data = await get("/api/training");
-    ctx.main.replaceChildren(h("h1", null, "Training runs"),
+    mount(ctx.main, h("h1", null, "Training runs"),
       data.runs.length
         ? data.runs.map((r) => section(h("span", null, link(r.run, route("training", r.run))), seriesCharts(r)))
         : section("Runs", message("no training runs: a training loop that evaluates checkpoints writes artifacts/training/<run_id>.sqlite, and its runs appear here.")),
@@ -20,7 +20,7 @@ export async function trainingPage(ctx) {
   const run = await get(`/api/training/${seg(name)}`);
   const picked = ctx.params.get("eval");
   const ev = run.evals.find((e) => String(e.id) === picked);
-  ctx.main.replaceChildren(
+  mount(ctx.main,
     h("h1", null, link("Training runs", route("training")), " / ", name),
     section("Metrics over steps", seriesCharts(run)),
     section("Evaluations", dataTable({ name: "evals", rows: run.evals, columns: [

@@ -1,7 +1,7 @@
 // Trial: one try's result, verdict, test output, agent logs and timings, and its trajectory call by call.
 import { fileUrl, get, trialUrl } from "../api.js";
 import * as charts from "../charts.js";
-import { badge, fmt, h, kv, link, message, pre, route, section } from "../dom.js";
+import { badge, fmt, h, kv, link, message, pre, route, section, mount } from "../dom.js";
 import { callCard } from "./calls.js";
 
 const PAGE = 50;
@@ -12,7 +12,7 @@ export async function trialPage(ctx) {
   const offset = Math.max(0, Number(ctx.params.get("offset") ?? Math.floor(call / PAGE) * PAGE) || 0);
   const [t, calls] = await Promise.all([get(trialUrl(job, tryName)), get(`${trialUrl(job, tryName)}/trajectory`, { offset, limit: PAGE })]);
   const stats = h("div", { class: "traj-stats" }, message("counting…"));
-  ctx.main.replaceChildren(
+  mount(ctx.main,
     h("h1", null, link("Jobs", route("")), " / ", link(job, route("job", job)), " / ", tryName, " ",
       t.error ? badge(t.error.kind || "error", "error") : badge(t.reward >= 1 ? "passed" : "failed", t.reward >= 1 ? "ok" : "fail")),
     section("Result", h("div", { class: "cols" },
