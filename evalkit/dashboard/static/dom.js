@@ -9,11 +9,10 @@ export function h(tag, props, ...children) {
     else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
     else el.setAttribute(key, value === true ? "" : String(value));
   }
-  add(el, children);
-  return el;
+  return add(el, ...children);
 }
 
-export function add(el, children) {
+export function add(el, ...children) {
   for (const child of [children].flat(Infinity)) {
     if (child === undefined || child === null || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
@@ -161,5 +160,5 @@ export function selectFilter(label, options, test) {
 // Replace what `el` shows (skipping null/false children, unlike replaceChildren).
 export function mount(el, ...children) {
   el.replaceChildren();
-  return add(el, children);
+  return add(el, ...children);
 }

@@ -21,7 +21,7 @@ export async function comparePage(ctx) {
   } }, "A ", selA, " B ", selB, " k ", kIn, " ", h("button", { type: "submit" }, "Compare"));
   mount(ctx.main, h("h1", null, "Compare two jobs"), section("Jobs", form));
   if (!a || !b) {
-    add(ctx.main,message("Choose job A (the baseline) and job B."));
+    add(ctx.main, message("Choose job A (the baseline) and job B."));
     return;
   }
   const c = await get("/api/compare", { a, b, k });
@@ -44,7 +44,7 @@ export async function comparePage(ctx) {
         { label: `B pass@${c.k}`, key: "b_pass_at_k", num: true, render: (t) => fmt.num(t.b_pass_at_k) },
       ] })),
   );
-  add(ctx.main,await sideBySide(a, b, k, c.tasks.map((t) => t.task), p));
+  add(ctx.main, await sideBySide(a, b, k, c.tasks.map((t) => t.task), p));
 }
 
 async function sideBySide(a, b, k, tasks, p) {

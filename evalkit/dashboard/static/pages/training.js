@@ -35,9 +35,17 @@ export async function trainingPage(ctx) {
     ev ? section(`Rollouts of step ${ev.step} (${ev.benchmark})`, dataTable({ name: "rollouts", rows: ev.rollouts, columns: [
       { label: "task", key: "task" }, { label: "attempt", key: "attempt", num: true },
       { label: "reward", key: "reward", num: true, render: (r) => fmt.num(r.reward, 2) }, { label: "error", key: "error_kind" },
-      { label: "trajectory", key: "trajectory", render: (r) => (r.trajectory ? link("raw", fileUrl(r.trajectory), { target: "_blank" }) : "–") },
+      { label: "trajectory", key: "trajectory", render: trajectoryLink },
     ] })) : null,
   );
+}
+
+// A rollout's trajectory: its trial page when it is a job's, else the raw file.
+const TRIAL = /^jobs\/([^/]+)\/([^/]+)\/agent\/litellm-trajectory\.jsonl$/;
+function trajectoryLink(r) {
+  if (!r.trajectory) return "–";
+  const m = TRIAL.exec(r.trajectory);
+  return m ? link("trajectory", route("trial", m[1], m[2])) : link("raw", fileUrl(r.trajectory), { target: "_blank" });
 }
 
 const metric = (flat, key) => (key in flat ? { value: flat[key], ci_low: flat[`${key}/ci_low`], ci_high: flat[`${key}/ci_high`] } : null);
