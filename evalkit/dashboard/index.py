@@ -104,7 +104,7 @@ class JobIndex:
             stamps = tuple(_stamp(self.job_dir / n) for n in names)
             if stamps != self._files_stamp:
                 self.files, self._files_stamp, changed = read_job_files(self.job_dir), stamps, True
-            running = lock_holder(self.job_dir / ".lock")
+            running = runner_active(self.job_dir, (self.files.results or {}).get("status"))
             changed |= running != self.running
             self.running = running
             seen = set()
@@ -145,10 +145,6 @@ class JobIndex:
         entry = self._tries.get(name)
         return entry[1] if entry else None
 
-    def fingerprint(self) -> tuple[Any, ...]:
-        """Cheap change detection for live updates: the job directory and `results.json`, and the lock."""
-        return (_stamp(self.job_dir), _stamp(self.job_dir / "results.json"), lock_holder(self.job_dir / ".lock"))
-
     # ----------------------------------------------------------------------------------------- deriving
 
     def finals(self) -> list[TryRecord]:
@@ -173,6 +169,8 @@ class JobIndex:
         starts = [i.started for i in tries if i.started is not None]
         status = results.get("status")
         state, note = "running", None
+        if self.running and not (self.job_dir / ".lock").exists():
+            note = "an evalkit without job locks runs this job: the state is results.json's"
         if not self.running:
             state = status if status in ("finished", "interrupted") else "interrupted"
             if status == "running":
@@ -222,6 +220,15 @@ class JobIndex:
             "unreadable": [{"dir": u.dir.name, "reason": u.reason} for u in self.unreadable()],
             "analysis": analysis_files(self.job_dir),
         }
+
+
+def runner_active(job_dir: Path, status: Any) -> bool:
+    """Is a runner working on the job now? It holds `<job>/.lock` while it runs; a job directory without a
+    `.lock` at all was written by an evalkit that took no job lock, and then `results.json` is believed."""
+    lock = job_dir / ".lock"
+    if lock.exists() or lock.is_symlink():
+        return lock_holder(lock)
+    return status == "running"
 
 
 def _benchmark(dataset: dict[str, Any]) -> str | None:

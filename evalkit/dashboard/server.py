@@ -204,8 +204,8 @@ async def job(request: web.Request) -> web.Response:
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
-    """Server-sent `change` events while the job's files change; ends when the job stops running or after
-    STREAM_SECONDS."""
+    """Server-sent `change` events whenever the job's index changes; ends when the job stops running or after
+    STREAM_SECONDS (the browser reconnects by itself)."""
     state = _state(request)
     index = await _job(request)
     if state.streams >= MAX_STREAMS:
@@ -216,16 +216,16 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                                                "Cache-Control": "no-store"})
         await response.prepare(request)
         await response.write(b"retry: 2000\n\n")
-        last = await asyncio.to_thread(index.fingerprint)
+        last = index.version
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STREAM_SECONDS
         while loop.time() < deadline:
             await asyncio.sleep(POLL_SECONDS)
-            now = await asyncio.to_thread(index.fingerprint)
-            if now != last:
-                last = now
-                await response.write(b"event: change\ndata: " + orjson.dumps({"running": now[2]}) + b"\n\n")
-                if not now[2]:
+            await asyncio.to_thread(index.refresh)
+            if index.version != last:
+                last = index.version
+                await response.write(b"event: change\ndata: " + orjson.dumps({"running": index.running}) + b"\n\n")
+                if not index.running:
                     break
             else:
                 await response.write(b": idle\n\n")
