@@ -36,7 +36,10 @@ from evalkit.dashboard.paths import NotFound, Refused, under
 from evalkit.metrics import MetricsReport, TrialRecord, compute_metrics, phase_stats
 
 SCAN_INTERVAL_SEC = 1.0
-"""A job directory is listed again at most this often; requests in between share the last listing."""
+"""A job directory is looked at again at most this often; requests in between share the last look."""
+FULL_SCAN_SEC = 60.0
+"""A job no runner works on is listed again when its directory or `results.json` changes, or after this long
+(to notice a `result.json` edited by hand)."""
 MAX_CURVE_POINTS = 20
 CONCURRENCY_POINTS = 400
 KINDS = ("infrastructure", "agent", "verifier", "task", "cancelled")
@@ -69,7 +72,7 @@ def _read_try(try_dir: Path) -> TryInfo | Unreadable:
         return Unreadable(try_dir, f"result.json: {str(exc)[:160] or type(exc).__name__}")
 
 
-def _stamp(path: Path) -> Stamp | None:
+def _stamp(path: Path | str) -> Stamp | None:
     try:
         st = os.lstat(path)
     except OSError:
@@ -88,7 +91,8 @@ class JobIndex:
         self.files: JobFiles = JobFiles(job_dir, None, None, None, None)
         self.running = False
         self.version = 0
-        self._scanned_at = -math.inf
+        self._scanned_at = self._listed_at = -math.inf
+        self._dir_stamp: Stamp | None = None
         self._derived: dict[str, tuple[int, Any]] = {}
 
     # ------------------------------------------------------------------------------------------ reading
@@ -107,24 +111,33 @@ class JobIndex:
             running = runner_active(self.job_dir, (self.files.results or {}).get("status"))
             changed |= running != self.running
             self.running = running
-            seen = set()
-            with os.scandir(self.job_dir) as entries:
-                for entry in entries:
-                    if "__" not in entry.name or not entry.is_dir(follow_symlinks=False):
-                        continue
-                    stamp = _stamp(Path(entry.path) / "result.json")
-                    if stamp is None:
-                        continue  # not finished yet (or not a try)
-                    seen.add(entry.name)
-                    old = self._tries.get(entry.name)
-                    if old is None or old[0] != stamp:
-                        self._tries[entry.name] = (stamp, _read_try(Path(entry.path)))
-                        changed = True
-            for gone in self._tries.keys() - seen:
-                del self._tries[gone]
-                changed = True
+            dir_stamp = _stamp(self.job_dir)
+            if force or running or changed or dir_stamp != self._dir_stamp or now - self._listed_at > FULL_SCAN_SEC:
+                changed |= self._list_tries()
+                self._dir_stamp, self._listed_at = dir_stamp, now
             if changed:
                 self.version += 1
+
+    def _list_tries(self) -> bool:
+        """Stat every try's `result.json`; read the new and changed ones. True when anything changed."""
+        changed = False
+        seen = set()
+        with os.scandir(self.job_dir) as entries:
+            for entry in entries:
+                if "__" not in entry.name or not entry.is_dir(follow_symlinks=False):
+                    continue
+                stamp = _stamp(entry.path + "/result.json")
+                if stamp is None:
+                    continue  # not finished yet (or not a try)
+                seen.add(entry.name)
+                old = self._tries.get(entry.name)
+                if old is None or old[0] != stamp:
+                    self._tries[entry.name] = (stamp, _read_try(Path(entry.path)))
+                    changed = True
+        for gone in self._tries.keys() - seen:
+            del self._tries[gone]
+            changed = True
+        return changed
 
     def _cached(self, key: str, build: Any) -> Any:
         with self._lock:

@@ -10,6 +10,7 @@ worker threads; live updates are a bounded number of server-sent-event streams t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import os
 import stat
@@ -155,19 +156,24 @@ async def _job(request: web.Request, name: str | None = None) -> JobIndex:
 
 
 async def index_page(request: web.Request) -> web.StreamResponse:
-    return await _send_static("index.html")
+    return await _send_static(request, "index.html")
 
 
 async def static_file(request: web.Request) -> web.StreamResponse:
-    return await _send_static(request.match_info["path"])
+    return await _send_static(request, request.match_info["path"])
 
 
-async def _send_static(rel: str) -> web.Response:
+async def _send_static(request: web.Request, rel: str) -> web.Response:
+    """A file of the UI, revalidated by ETag (a reload costs a 304 per file, and an upgrade is seen at once)."""
     path = under(STATIC, *split(rel))
     body = await asyncio.to_thread(path.read_bytes)
+    etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+    headers = {"Cache-Control": "no-cache", "ETag": etag}
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=headers)
     kind = CONTENT_TYPES.get(path.suffix, "application/octet-stream")
     return web.Response(body=body, content_type=kind, charset="utf-8" if kind.startswith("text/") else None,
-                        headers={"Cache-Control": "no-cache"})
+                        headers=headers)
 
 
 async def artifact_file(request: web.Request) -> web.StreamResponse:
@@ -334,10 +340,19 @@ async def not_found(request: web.Request) -> web.Response:
     return _error(f"not found: {request.path[:200]}", 404)
 
 
+async def _warm(app: web.Application):
+    """Index every job once at start-up, in a worker thread, so the first page a person opens is fast."""
+    task = asyncio.create_task(asyncio.to_thread(app[STATE].catalog.jobs_list))
+    yield
+    task.cancel()  # the thread finishes its job on its own; nothing waits for it
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def create_app(artifacts: Path, *, bind_host: str = "127.0.0.1") -> web.Application:
     """The dashboard over `artifacts` (which need not exist yet: the pages then say there is nothing)."""
     app = web.Application(middlewares=[guard])
     app[STATE] = State(artifacts=Path(artifacts), catalog=Catalog(Path(artifacts)), bind_host=bind_host)
+    app.cleanup_ctx.append(_warm)
     get = app.router.add_get
     get("/", index_page)
     get("/static/{path:.+}", static_file)

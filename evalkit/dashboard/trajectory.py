@@ -83,9 +83,12 @@ def call_view(index: int, call: dict[str, Any], messages: list[tuple[str, str, s
 
 
 def _new_since(previous: list[tuple[str, str, str | None]], current: list[tuple[str, str, str | None]]) -> int:
-    """How many of `current`'s messages the previous request already carried (0 when it is not a prefix)."""
-    n = len(previous)
-    return n if n <= len(current) and current[:n] == previous else 0
+    """How many leading messages of `current` the previous request ended with: its whole history for an agent
+    that resends everything, the kept part for one that drops old turns (a sliding window); 0 if none."""
+    for k in range(min(len(previous), len(current)), 0, -1):
+        if current[:k] == previous[len(previous) - k:]:
+            return k
+    return 0
 
 
 def views(path: Path, problems: list[str]) -> Iterator[tuple[int, dict[str, Any], Any]]:
