@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     from evalkit.dashboard.cli import add_parser as add_view_parser
     from evalkit.gateway.cli import add_parser as add_gateway_parser
     from evalkit.runtimes import add_parser as add_runtime_parser
+    from evalkit.serving import add_parser as add_serve_parser
 
     parser = argparse.ArgumentParser(prog="evalkit", description="Evaluate LLM agents on containerized benchmarks.")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_analysis_parser(subparsers)
     add_runtime_parser(subparsers)
     add_view_parser(subparsers)
+    add_serve_parser(subparsers)
     return parser
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from evalkit.serving import ServeConfig
 from evalkit.strict import StrictModel
 
 Protocol = Literal["openai_chat", "openai_responses", "anthropic_messages", "anthropic_count_tokens"]
@@ -105,8 +106,11 @@ class DeploymentConfig(StrictModel):
 class LLMApiConfig(StrictModel):
     model: str = Field(min_length=1)
     """The model name agents see and must send (e.g. `smollm2`)."""
-    deployments: list[DeploymentConfig] = Field(min_length=1)
+    deployments: list[DeploymentConfig] = []
     """Upstreams serving that model; each trial is pinned to one while it stays healthy."""
+    serve: ServeConfig | None = None
+    """Instead of `deployments`: servers evalkit starts for the job and stops after it (Mode B, local model);
+    their replicas become the deployments (`evalkit.serving.managed_llm_api`)."""
     host: str = "127.0.0.1"
     """Address the gateway listens on; loopback by default so nothing outside this machine can reach it."""
     port: int = Field(default=0, ge=0, le=65535)
@@ -125,6 +129,12 @@ class LLMApiConfig(StrictModel):
     """Consecutive failed attempts a deployment may have before it is cooled down (0: at the first)."""
     max_body_bytes: int = Field(default=32 * 1024**2, ge=1024)
     """Largest request body accepted (413 above it); long agent conversations with images run to megabytes."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LLMApiConfig:
+        if bool(self.deployments) == (self.serve is not None):
+            raise ValueError("give either `deployments` (servers already running) or `serve` (evalkit starts them)")
+        return self
 
     @model_validator(mode="after")
     def _unique_labels(self) -> LLMApiConfig:

@@ -1,0 +1,389 @@
+"""Local model servers: the real llama.cpp server with SmolLM2, and vLLM's lifecycle against a fake `vllm` on PATH.
+
+The llama.cpp tests use the model-server environment that `scripts/setup.sh` prepares (the default of
+`ServeConfig.python`), so they also check that set-up produced a working server and model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from evalkit import serving
+from evalkit.config import config_from_dict
+from evalkit.errors import ConfigError, InfrastructureError
+from evalkit.gateway import Gateway, LLMApiConfig
+from evalkit.serving import ServeConfig, managed_llm_api, serve_local_model, server_command
+from tests.conftest import REPO, popen_cli
+
+FAKE_VLLM = Path(__file__).with_name("fake_vllm.py")
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def pids_with(marker: str) -> list[int]:
+    """Live processes whose command line contains `marker` (zombies excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z" and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def fake_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """`vllm` on PATH is the fake; yields the checkpoint directory to serve."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "vllm"
+    exe.write_text(f"#!{sys.executable}\n" + FAKE_VLLM.read_text())
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    yield checkpoint
+
+
+def worker_pids(log: Path) -> list[int]:
+    return [int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("worker ")]
+
+
+# --- llama.cpp, for real ------------------------------------------------------------------------------------
+
+
+async def test_llama_cpp_serves_smollm2_chat_and_stream(tmp_path: Path) -> None:
+    name = unique_name("smollm2")
+    async with serve_local_model(ServeConfig(served_model_name=name), log_dir=tmp_path / "logs") as endpoints:
+        [endpoint] = endpoints
+        assert endpoint.base_url.startswith("http://127.0.0.1:") and endpoint.base_url.endswith("/v1")
+        client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key="unused", max_retries=0)
+        models = await client.models.list()
+        assert [m.id for m in models.data] == [name]
+        messages = [{"role": "user", "content": "Name three colours of the rainbow."}]
+        reply = await client.chat.completions.create(model=name, messages=messages, max_tokens=24, temperature=0)
+        text = reply.choices[0].message.content
+        assert text and any(c.isalpha() for c in text), reply
+        assert reply.usage.completion_tokens > 0
+        stream = await client.chat.completions.create(
+            model=name, messages=messages, max_tokens=24, temperature=0, stream=True
+        )
+        pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+        assert len([p for p in pieces if p]) > 1, pieces  # arrived token by token
+        assert any(c.isalpha() for c in "".join(pieces))
+        await client.close()
+        pid = endpoint.pid
+        assert alive(pid)
+    assert not alive(pid)
+    assert not pids_with(name)
+    assert "llama" in endpoint.log_path.read_text().lower()  # the server's own output went to the log
+
+
+async def test_llama_cpp_returns_a_tool_call(tmp_path: Path) -> None:
+    name = unique_name("smollm2")
+    async with serve_local_model(ServeConfig(served_model_name=name), log_dir=tmp_path) as [endpoint]:
+        client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key="unused", max_retries=0)
+        reply = await client.chat.completions.create(
+            model=name,
+            messages=[{"role": "user", "content": "What is the weather in Paris? Use the tool."}],
+            tools=[WEATHER_TOOL],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            max_tokens=64,
+            temperature=0,
+        )
+        await client.close()
+    [call] = reply.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments), dict)
+    assert not pids_with(name)
+
+
+async def test_two_llama_cpp_replicas_get_their_own_ports(tmp_path: Path) -> None:
+    name = unique_name("smollm2")
+    async with serve_local_model(ServeConfig(served_model_name=name, replicas=2), log_dir=tmp_path) as endpoints:
+        assert len({e.base_url for e in endpoints}) == 2
+        assert len({e.pid for e in endpoints}) == 2
+        assert [e.log_path.name for e in endpoints] == ["llama_cpp-0.log", "llama_cpp-1.log"]
+        for endpoint in endpoints:
+            client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key="unused", max_retries=0)
+            reply = await client.chat.completions.create(
+                model=name, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
+            )
+            assert reply.choices[0].message.content
+            await client.close()
+        assert len(pids_with(name)) == 2
+    assert not pids_with(name)
+
+
+async def test_job_llm_api_with_serve_reaches_the_model_through_the_gateway(tmp_path: Path) -> None:
+    llm_api = LLMApiConfig.model_validate({"model": unique_name("smollm2"), "serve": {"replicas": 2}})
+    async with managed_llm_api(llm_api, log_dir=tmp_path / "logs") as served:
+        assert served.serve is None
+        assert [d.model for d in served.deployments] == [f"hosted_vllm/{llm_api.model}"] * 2
+        assert all(d.api_base and d.api_base.startswith("http://127.0.0.1:") for d in served.deployments)
+        assert {k: v for k, v in served.model_dump().items() if k not in ("serve", "deployments")} == {
+            k: v for k, v in llm_api.model_dump().items() if k not in ("serve", "deployments")
+        }
+        async with Gateway.serve(served, job_name=unique_name("model"), artifacts_dir=tmp_path) as gateway:
+            trajectory = tmp_path / "trial" / "agent" / "litellm-trajectory.jsonl"
+            access = gateway.open_trial("t1", trajectory)
+            client = openai.AsyncOpenAI(base_url=access.base_url, api_key=access.api_key, max_retries=0)
+            messages = [{"role": "user", "content": "Write one short sentence about the sea."}]
+            reply = await client.chat.completions.create(model=access.model, messages=messages, max_tokens=24)
+            stream = await client.chat.completions.create(
+                model=access.model, messages=messages, max_tokens=24, stream=True
+            )
+            streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            await client.close()
+            usage = await gateway.close_trial(access.api_key)
+    assert reply.choices[0].message.content and streamed
+    assert usage.n_calls == 2 and usage.n_errors == 0 and usage.output_tokens > 0
+    lines = [json.loads(line) for line in trajectory.read_text().splitlines()]
+    assert [line["status"] for line in lines] == [200, 200]
+    assert not pids_with(llm_api.model)
+
+
+async def test_cancelling_during_start_up_leaves_no_server(tmp_path: Path) -> None:
+    name = unique_name("smollm2")
+    log_dir = tmp_path / "logs"
+
+    async def serve() -> None:
+        async with serve_local_model(ServeConfig(served_model_name=name, replicas=2), log_dir=log_dir):
+            raise AssertionError("must be cancelled before the servers are healthy")
+
+    task = asyncio.create_task(serve())
+    for _ in range(600):  # until both servers are spawned (their logs exist), before they answer
+        if len(pids_with(name)) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(pids_with(name)) == 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not pids_with(name)
+
+
+async def test_missing_model_file_is_a_config_error_and_starts_nothing(tmp_path: Path) -> None:
+    cfg = ServeConfig(model="models/nope.gguf")
+    with pytest.raises(ConfigError) as caught:
+        async with serve_local_model(cfg, log_dir=tmp_path / "logs", base_dir=tmp_path):
+            raise AssertionError("unreachable")
+    assert str(caught.value) == f"serve.model: no such file: {tmp_path / 'models/nope.gguf'}"
+    assert not (tmp_path / "logs").exists()
+
+
+async def test_a_server_that_dies_at_start_up_is_an_infrastructure_error_with_its_log(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"this is not a GGUF file\n" * 100)
+    name = unique_name("broken")
+    with pytest.raises(InfrastructureError) as caught:
+        async with serve_local_model(ServeConfig(model=str(bad), served_model_name=name), log_dir=tmp_path / "logs"):
+            raise AssertionError("unreachable")
+    message = str(caught.value)
+    assert message.startswith("model server 0 (pid ")
+    assert "during start-up; last lines of " + str(tmp_path / "logs" / "llama_cpp-0.log") in message
+    assert "gguf" in message.lower()  # the loader's complaint, from the log tail
+    assert not pids_with(name)
+
+
+async def test_missing_server_environment_names_the_set_up_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(InfrastructureError) as caught:
+        async with serve_local_model(ServeConfig(), log_dir=tmp_path / "logs"):
+            raise AssertionError("unreachable")
+    python = tmp_path / "cache" / "evalkit" / "model-server" / f"py{sys.version_info[0]}.{sys.version_info[1]}" / "bin" / "python"
+    assert str(caught.value) == (
+        f"no llama.cpp server environment at {python}: run scripts/setup.sh "
+        "(or set serve.python to a Python with llama-cpp-python[server])"
+    )
+    with pytest.raises(ConfigError, match=r"^serve.python: no such file: .*/nope/python$"):
+        async with serve_local_model(ServeConfig(python=Path("nope/python")), log_dir=tmp_path / "logs"):
+            raise AssertionError("unreachable")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_llama_cpp_command_and_a_clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEY", "sk-secret")  # the server would read it as its own setting
+    monkeypatch.setenv("N_CTX", "128")
+    cfg = ServeConfig(threads=2, extra_args=["--n_batch", "256"])
+    argv, env = server_command(cfg, python=Path("/py/bin/python"), model="/m.gguf", name="smollm2", port=8123, replica=0)
+    assert argv == [
+        "/py/bin/python", "-m", "llama_cpp.server", "--model", "/m.gguf", "--model_alias", "smollm2",
+        "--host", "127.0.0.1", "--port", "8123", "--n_ctx", "8192", "--n_threads", "2", "--n_threads_batch", "2",
+        "--interrupt_requests", "False", "--chat_format", "chatml-function-calling", "--n_batch", "256",
+    ]
+    assert "API_KEY" not in env and "N_CTX" not in env
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == "2"
+    argv, _ = server_command(
+        ServeConfig(chat_format=None, context_size=4096), python=Path("p"), model="m", name="n", port=1, replica=0
+    )
+    assert "--chat_format" not in argv and argv[argv.index("--n_ctx") + 1] == "4096"
+
+
+# --- vLLM: the command, and the lifecycle against a fake GPU server ---------------------------------------
+
+
+def test_vllm_command_gives_each_replica_its_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HOME", "/data/hf")
+    cfg = ServeConfig(engine="vllm", model="/ckpt/step-1000", gpus_per_replica=2, context_size=32768,
+                      extra_args=["--enable-prefix-caching"])
+    argv, env = server_command(cfg, python=None, model="/ckpt/step-1000", name="policy", port=8001, replica=1)
+    assert argv == [
+        "vllm", "serve", "/ckpt/step-1000", "--served-model-name", "policy", "--host", "127.0.0.1",
+        "--port", "8001", "--tensor-parallel-size", "2", "--max-model-len", "32768", "--enable-prefix-caching",
+    ]
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert env["HF_HOME"] == "/data/hf"  # a GPU node's environment reaches vLLM
+
+
+async def test_vllm_lifecycle_against_a_fake_gpu_server(tmp_path: Path, fake_vllm: Path) -> None:
+    name = unique_name("policy")
+    cfg = ServeConfig(engine="vllm", model=str(fake_vllm), served_model_name=name, replicas=2)
+    async with serve_local_model(cfg, log_dir=tmp_path / "logs") as endpoints:
+        assert len({e.base_url for e in endpoints}) == 2
+        for i, endpoint in enumerate(endpoints):
+            log = endpoint.log_path.read_text()
+            assert f"CUDA_VISIBLE_DEVICES {i}" in log
+            client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key="unused", max_retries=0)
+            reply = await client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+            assert reply.choices[0].message.content == f"fake vllm on port {endpoint.base_url.split(':')[2][:-3]}"
+            await client.close()
+        workers = [pid for e in endpoints for pid in worker_pids(e.log_path)]
+        leaders = [e.pid for e in endpoints]
+        assert len(workers) == 2 and all(alive(p) for p in workers + leaders)
+    assert not any(alive(p) for p in workers + leaders)
+
+
+async def test_a_server_that_ignores_sigterm_is_killed(
+    tmp_path: Path, fake_vllm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_VLLM_IGNORE_TERM", "1")
+    monkeypatch.setattr(serving, "STOP_GRACE_SEC", 0.5)
+    cfg = ServeConfig(engine="vllm", model=str(fake_vllm), served_model_name=unique_name("stubborn"))
+    async with serve_local_model(cfg, log_dir=tmp_path) as [endpoint]:
+        pids = [endpoint.pid, *worker_pids(endpoint.log_path)]
+        assert len(pids) == 2
+    assert not any(alive(p) for p in pids)
+
+
+async def test_vllm_that_exits_at_start_up(tmp_path: Path, fake_vllm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_VLLM_EXIT", "7")
+    name = unique_name("nogpu")
+    cfg = ServeConfig(engine="vllm", model=str(fake_vllm), served_model_name=name, replicas=2)
+    with pytest.raises(InfrastructureError) as caught:
+        async with serve_local_model(cfg, log_dir=tmp_path):
+            raise AssertionError("unreachable")
+    assert " exited with code 7 during start-up; last lines of " in str(caught.value)
+    assert str(caught.value).endswith("  RuntimeError: CUDA error: no CUDA-capable device is detected")
+    assert not pids_with(name)
+
+
+async def test_vllm_that_never_answers_times_out(tmp_path: Path, fake_vllm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_VLLM_SILENT", "1")
+    name = unique_name("silent")
+    cfg = ServeConfig(engine="vllm", model=str(fake_vllm), served_model_name=name, startup_timeout_sec=1)
+    with pytest.raises(InfrastructureError) as caught:
+        async with serve_local_model(cfg, log_dir=tmp_path):
+            raise AssertionError("unreachable")
+    assert " did not answer GET /v1/models within 1 s; last lines of " in str(caught.value)
+    assert "CUDA_VISIBLE_DEVICES 0" in str(caught.value)
+    assert not pids_with(name)
+
+
+async def test_vllm_missing_from_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(InfrastructureError) as caught:
+        async with serve_local_model(ServeConfig(engine="vllm", model="org/model"), log_dir=tmp_path / "logs"):
+            raise AssertionError("unreachable")
+    assert str(caught.value) == "cannot start model server 0: vllm: No such file or directory"
+
+
+async def test_vllm_checkpoint_path_must_exist_but_a_hub_id_need_not(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        async with serve_local_model(ServeConfig(engine="vllm", model="./ckpt"), log_dir=tmp_path, base_dir=tmp_path):
+            raise AssertionError("unreachable")
+    assert str(caught.value) == f"serve.model: no such path: {tmp_path / 'ckpt'}"
+
+
+# --- config and command line --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("llm_api", "message"),
+    [
+        ({"model": "m"}, "give either `deployments` (servers already running) or `serve` (evalkit starts them)"),
+        (
+            {"model": "m", "serve": {}, "deployments": [{"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:1/v1"}]},
+            "give either `deployments` (servers already running) or `serve` (evalkit starts them)",
+        ),
+        ({"model": "m", "serve": {"engine": "vllm"}}, "model is required for engine vllm"),
+        ({"model": "m", "serve": {"port": 65535, "replicas": 2}}, "port 65535 + 2 replicas runs past port 65535"),
+        ({"model": "m", "serve": {"engine": "sglang"}}, "llm_api.serve.engine"),
+        ({"model": "m", "serve": {"gpus": 2}}, "llm_api.serve.gpus"),
+    ],
+)
+def test_serve_block_errors_name_the_field_and_file(llm_api: dict, message: str, tmp_path: Path) -> None:
+    data = {"job_name": "j", "dataset": {"path": str(tmp_path)}, "llm_api": llm_api}
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(data, base_dir=tmp_path, source="config.yaml")
+    assert "config.yaml" in str(caught.value) and message in str(caught.value)
+
+
+def test_evalkit_serve_prints_urls_and_stops_on_ctrl_c(tmp_path: Path, fake_vllm: Path) -> None:
+    name = unique_name("cli")
+    proc = popen_cli("serve", "--engine", "vllm", "--model", str(fake_vllm), "--name", name, "--replicas", "2",
+                     "--log-dir", str(tmp_path / "logs"))
+    try:
+        lines = [proc.stdout.readline() for _ in range(4)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert lines[0] == f"starting 2 vllm server(s); logs in {tmp_path / 'logs'}/\n"
+    assert all(line.startswith("  http://127.0.0.1:") and f"model {name}" in line for line in lines[1:3])
+    assert lines[3] == "ready; Ctrl-C stops the servers\n"
+    assert (proc.returncode, out, err) == (0, "stopped\n", "")
+    assert not pids_with(name)
+
+
+def test_serve_script_reports_a_missing_model(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "serve_local_model.sh"), "--model", str(tmp_path / "x.gguf")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.endswith(f"evalkit: error: serve.model: no such file: {tmp_path / 'x.gguf'}\n")
+    assert not (tmp_path / "artifacts").exists()
