@@ -133,6 +133,22 @@ async def test_llama_cpp_returns_a_tool_call_with_chatml_function_calling(tmp_pa
     assert not pids_with(name)
 
 
+async def test_concurrent_streams_on_one_replica_queue_instead_of_cutting_each_other(tmp_path: Path) -> None:
+    name = unique_name("smollm2")
+    async with serve_local_model(ServeConfig(served_model_name=name), log_dir=tmp_path) as [endpoint]:
+        client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key="unused", max_retries=0)
+
+        async def stream() -> list:
+            messages = [{"role": "user", "content": "Count from 1 to 50, separated by commas."}]
+            chunks = await client.chat.completions.create(model=name, messages=messages, max_tokens=40, stream=True)
+            return [c async for c in chunks if c.choices]
+
+        streams = await asyncio.gather(stream(), stream(), stream())
+        await client.close()
+    for chunks in streams:  # an interrupted stream ends with [DONE] but without a finish_reason
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length"), chunks[-1]
+
+
 async def test_two_llama_cpp_replicas_get_their_own_ports(tmp_path: Path) -> None:
     name = unique_name("smollm2")
     async with serve_local_model(ServeConfig(served_model_name=name, replicas=2), log_dir=tmp_path) as endpoints:
