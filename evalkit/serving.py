@@ -364,10 +364,10 @@ async def _stop(server: _Server) -> None:
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
-    """Signal a process group; False when it no longer exists."""
+    """Signal a process group; False when it no longer exists (or is no longer ours to signal)."""
     try:
         os.killpg(pgid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
     return True
 

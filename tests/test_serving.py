@@ -79,6 +79,14 @@ def fake_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     yield checkpoint
 
 
+async def start_error(cfg: ServeConfig, log_dir: Path, error: type[Exception], base_dir: Path | None = None) -> str:
+    """The message of the error that starting `cfg` raises (failing the test if it starts)."""
+    with pytest.raises(error) as caught:
+        async with serve_local_model(cfg, log_dir=log_dir, base_dir=base_dir):
+            raise AssertionError("unreachable")
+    return str(caught.value)
+
+
 def worker_pids(log: Path) -> list[int]:
     return [int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("worker ")]
 
@@ -215,11 +223,8 @@ async def test_cancelling_during_start_up_leaves_no_server(tmp_path: Path) -> No
 
 
 async def test_missing_model_file_is_a_config_error_and_starts_nothing(tmp_path: Path) -> None:
-    cfg = ServeConfig(model="models/nope.gguf")
-    with pytest.raises(ConfigError) as caught:
-        async with serve_local_model(cfg, log_dir=tmp_path / "logs", base_dir=tmp_path):
-            raise AssertionError("unreachable")
-    assert str(caught.value) == f"serve.model: no such file: {tmp_path / 'models/nope.gguf'}"
+    message = await start_error(ServeConfig(model="models/nope.gguf"), tmp_path / "logs", ConfigError, tmp_path)
+    assert message == f"serve.model: no such file: {tmp_path / 'models/nope.gguf'}"
     assert not (tmp_path / "logs").exists()
 
 
@@ -227,10 +232,7 @@ async def test_a_server_that_dies_at_start_up_is_an_infrastructure_error_with_it
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"this is not a GGUF file\n" * 100)
     name = unique_name("broken")
-    with pytest.raises(InfrastructureError) as caught:
-        async with serve_local_model(ServeConfig(model=str(bad), served_model_name=name), log_dir=tmp_path / "logs"):
-            raise AssertionError("unreachable")
-    message = str(caught.value)
+    message = await start_error(ServeConfig(model=str(bad), served_model_name=name), tmp_path / "logs", InfrastructureError)
     assert message.startswith("model server 0 (pid ")
     assert "during start-up; last lines of " + str(tmp_path / "logs" / "llama_cpp-0.log") in message
     assert "gguf" in message.lower()  # the loader's complaint, from the log tail
@@ -239,17 +241,13 @@ async def test_a_server_that_dies_at_start_up_is_an_infrastructure_error_with_it
 
 async def test_missing_server_environment_names_the_set_up_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with pytest.raises(InfrastructureError) as caught:
-        async with serve_local_model(ServeConfig(), log_dir=tmp_path / "logs"):
-            raise AssertionError("unreachable")
     python = tmp_path / "cache" / "evalkit" / "model-server" / f"py{sys.version_info[0]}.{sys.version_info[1]}" / "bin" / "python"
-    assert str(caught.value) == (
+    assert await start_error(ServeConfig(), tmp_path / "logs", InfrastructureError) == (
         f"no llama.cpp server environment at {python}: run scripts/setup.sh "
         "(or set serve.python to a Python with llama-cpp-python[server])"
     )
-    with pytest.raises(ConfigError, match=r"^serve.python: no such file: .*/nope/python$"):
-        async with serve_local_model(ServeConfig(python=Path("nope/python")), log_dir=tmp_path / "logs"):
-            raise AssertionError("unreachable")
+    message = await start_error(ServeConfig(python=Path("nope/python")), tmp_path / "logs", ConfigError, tmp_path)
+    assert message == f"serve.python: no such file: {tmp_path / 'nope/python'}"
     assert not (tmp_path / "logs").exists()
 
 
@@ -332,43 +330,40 @@ async def test_a_server_that_ignores_sigterm_is_killed(
     assert not any(alive(p) for p in pids)
 
 
-async def test_vllm_that_exits_at_start_up(tmp_path: Path, fake_vllm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_VLLM_EXIT", "7")
-    name = unique_name("nogpu")
-    cfg = ServeConfig(engine="vllm", model=str(fake_vllm), served_model_name=name, replicas=2)
-    with pytest.raises(InfrastructureError) as caught:
-        async with serve_local_model(cfg, log_dir=tmp_path):
-            raise AssertionError("unreachable")
-    assert " exited with code 7 during start-up; last lines of " in str(caught.value)
-    assert str(caught.value).endswith("  RuntimeError: CUDA error: no CUDA-capable device is detected")
-    assert not pids_with(name)
-
-
-async def test_vllm_that_never_answers_times_out(tmp_path: Path, fake_vllm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_VLLM_SILENT", "1")
-    name = unique_name("silent")
-    cfg = ServeConfig(engine="vllm", model=str(fake_vllm), served_model_name=name, startup_timeout_sec=1)
-    with pytest.raises(InfrastructureError) as caught:
-        async with serve_local_model(cfg, log_dir=tmp_path):
-            raise AssertionError("unreachable")
-    assert " did not answer GET /v1/models within 1 s; last lines of " in str(caught.value)
-    assert "CUDA_VISIBLE_DEVICES 0" in str(caught.value)
+@pytest.mark.parametrize(
+    ("env", "timeout", "fragments"),
+    [
+        ({"FAKE_VLLM_EXIT": "7"}, 600, (" exited with code 7 during start-up; last lines of ",
+                                        "  RuntimeError: CUDA error: no CUDA-capable device is detected")),
+        ({"FAKE_VLLM_SILENT": "1"}, 1, (" did not answer GET /v1/models within 1 s; last lines of ",
+                                        "  CUDA_VISIBLE_DEVICES 0")),
+    ],
+)
+async def test_vllm_that_fails_at_start_up_is_stopped_with_its_workers(
+    tmp_path: Path, fake_vllm: Path, monkeypatch: pytest.MonkeyPatch, env: dict, timeout: float, fragments: tuple
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    name = unique_name("failing")
+    cfg = ServeConfig(engine="vllm", model=str(fake_vllm), served_model_name=name, startup_timeout_sec=timeout)
+    message = await start_error(cfg, tmp_path, InfrastructureError)
+    assert message.startswith("model server 0 (pid ")
+    assert all(f in message for f in fragments), message
+    workers = worker_pids(tmp_path / "vllm-0.log")
+    assert len(workers) == 1 and not alive(workers[0])
     assert not pids_with(name)
 
 
 async def test_vllm_missing_from_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(InfrastructureError) as caught:
-        async with serve_local_model(ServeConfig(engine="vllm", model="org/model"), log_dir=tmp_path / "logs"):
-            raise AssertionError("unreachable")
-    assert str(caught.value) == "cannot start model server 0: vllm: No such file or directory"
+    # A hub id is passed on unchecked (vLLM downloads it), so the start itself fails here.
+    message = await start_error(ServeConfig(engine="vllm", model="org/model"), tmp_path / "logs", InfrastructureError)
+    assert message == "cannot start model server 0: vllm: No such file or directory"
 
 
-async def test_vllm_checkpoint_path_must_exist_but_a_hub_id_need_not(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as caught:
-        async with serve_local_model(ServeConfig(engine="vllm", model="./ckpt"), log_dir=tmp_path, base_dir=tmp_path):
-            raise AssertionError("unreachable")
-    assert str(caught.value) == f"serve.model: no such path: {tmp_path / 'ckpt'}"
+async def test_vllm_checkpoint_path_must_exist(tmp_path: Path) -> None:
+    message = await start_error(ServeConfig(engine="vllm", model="./ckpt"), tmp_path, ConfigError, tmp_path)
+    assert message == f"serve.model: no such path: {tmp_path / 'ckpt'}"
 
 
 # --- config and command line --------------------------------------------------------------------------------
