@@ -408,14 +408,18 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 async def _serve_until_stopped(cfg: ServeConfig, log_dir: Path) -> int:
+    """Ctrl-C (SIGINT/SIGTERM cancel the command, see `run_main`) is the normal way to stop: exit 0 once the
+    servers were ready, 130 when it came during start-up."""
     print(f"starting {cfg.replicas} {cfg.engine} server(s); logs in {log_dir}/", flush=True)
-    async with serve_local_model(cfg, log_dir=log_dir) as endpoints:
-        for e in endpoints:
-            print(f"  {e.base_url}  model {e.served_model_name}  pid {e.pid}  log {e.log_path}", flush=True)
-        print("ready; Ctrl-C stops the servers", flush=True)
-        try:
+    ready = False
+    try:
+        async with serve_local_model(cfg, log_dir=log_dir) as endpoints:
+            for e in endpoints:
+                print(f"  {e.base_url}  model {e.served_model_name}  pid {e.pid}  log {e.log_path}", flush=True)
+            print("ready; Ctrl-C stops the servers", flush=True)
+            ready = True
             await asyncio.Event().wait()
-        except asyncio.CancelledError:  # SIGINT/SIGTERM cancel the command (run_main): the normal way to stop
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-    print("stopped", flush=True)
-    return 0
+    except asyncio.CancelledError:
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+    print("stopped" if ready else "interrupted during start-up; servers stopped", flush=True)
+    return 0 if ready else 130

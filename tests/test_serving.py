@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -403,6 +404,23 @@ def test_evalkit_serve_prints_urls_and_stops_on_ctrl_c(tmp_path: Path, fake_vllm
     assert all(line.startswith("  http://127.0.0.1:") and f"model {name}" in line for line in lines[1:3])
     assert lines[3] == "ready; Ctrl-C stops the servers\n"
     assert (proc.returncode, out, err) == (0, "stopped\n", "")
+    assert not pids_with(name)
+
+
+def test_evalkit_serve_interrupted_during_start_up(tmp_path: Path, fake_vllm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_VLLM_SILENT", "1")
+    name = unique_name("cli")
+    proc = popen_cli("serve", "--engine", "vllm", "--model", str(fake_vllm), "--name", name, "--log-dir", str(tmp_path))
+    try:
+        assert proc.stdout.readline().startswith("starting 1 vllm server(s)")
+        for _ in range(500):  # until the server runs (and stays silent)
+            if pids_with(name):
+                break
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (130, "interrupted during start-up; servers stopped\n", "")
     assert not pids_with(name)
 
 
