@@ -179,7 +179,7 @@ async def serve_local_model(
             # Spawned and recorded as one uncancellable step: a server started but not in `servers` (a
             # cancellation between fork and append) would be left running.
             await uncancellable(_spawn(argv, env, log_path, replica, port, into=servers))
-        await _wait_all_healthy(servers, cfg.startup_timeout_sec)
+        await _wait_all_healthy(servers, name, cfg.startup_timeout_sec)
         yield [
             ModelEndpoint(f"http://127.0.0.1:{s.port}/v1", name, s.process.pid, s.log_path) for s in servers
         ]
@@ -298,17 +298,18 @@ async def _spawn(
     into.append(_Server(replica, port, process, log_path))
 
 
-async def _wait_all_healthy(servers: Sequence[_Server], timeout_sec: float) -> None:
+async def _wait_all_healthy(servers: Sequence[_Server], name: str, timeout_sec: float) -> None:
     """Wait for every replica at once; the first that fails stops the wait and is the error."""
     try:
         async with asyncio.TaskGroup() as group:
             for server in servers:
-                group.create_task(_wait_healthy(server, timeout_sec))
+                group.create_task(_wait_healthy(server, name, timeout_sec))
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None
 
 
-async def _wait_healthy(server: _Server, timeout_sec: float) -> None:
+async def _wait_healthy(server: _Server, name: str, timeout_sec: float) -> None:
+    """Healthy: `GET /v1/models` lists `name` — from this server, not another that took a free port first."""
     url = f"http://127.0.0.1:{server.port}/v1/models"
     deadline = asyncio.get_running_loop().time() + timeout_sec
     async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
@@ -318,8 +319,8 @@ async def _wait_healthy(server: _Server, timeout_sec: float) -> None:
                     f"{server.describe()} exited with code {server.process.returncode} during start-up; "
                     f"{await _log_tail(server.log_path)}"
                 )
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get(url)).status_code == 200:
+            with contextlib.suppress(httpx.TransportError, ValueError):
+                if _lists_model((await client.get(url)).json(), name):
                     return
             if asyncio.get_running_loop().time() >= deadline:
                 raise InfrastructureError(
@@ -327,6 +328,11 @@ async def _wait_healthy(server: _Server, timeout_sec: float) -> None:
                     f"{await _log_tail(server.log_path)}"
                 )
             await asyncio.sleep(_HEALTH_POLL_SEC)
+
+
+def _lists_model(body: object, name: str) -> bool:
+    data = body.get("data") if isinstance(body, dict) else None
+    return isinstance(data, list) and any(isinstance(m, dict) and m.get("id") == name for m in data)
 
 
 async def _log_tail(path: Path) -> str:

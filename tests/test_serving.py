@@ -355,6 +355,17 @@ async def test_vllm_that_fails_at_start_up_is_stopped_with_its_workers(
     assert not pids_with(name)
 
 
+async def test_a_port_taken_by_another_server_is_not_mistaken_for_ours(tmp_path: Path, fake_vllm: Path) -> None:
+    other = ServeConfig(engine="vllm", model=str(fake_vllm), served_model_name=unique_name("other"))
+    async with serve_local_model(other, log_dir=tmp_path / "other") as [taken]:
+        port = int(taken.base_url.split(":")[2][: -len("/v1")])
+        name = unique_name("ours")
+        ours = ServeConfig(engine="vllm", model=str(fake_vllm), served_model_name=name, port=port)
+        message = await start_error(ours, tmp_path / "ours", InfrastructureError)
+        assert " exited with code 1 during start-up; " in message and "Address already in use" in message
+        assert not pids_with(name)
+
+
 async def test_vllm_missing_from_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     # A hub id is passed on unchecked (vLLM downloads it), so the start itself fails here.
