@@ -67,6 +67,8 @@ class ModelUsage(BaseModel):
     cache_read_tokens: int = 0
     cost_usd: float | None = None
     """Sum over calls whose deployment has a known price; None when none had one."""
+    trajectory_error: str | None = None
+    """What went wrong with the trial's `litellm-trajectory.jsonl` (a write error, a deleted file); None if nothing."""
 
 
 def sum_usage(usages: list[ModelUsage]) -> ModelUsage:

@@ -115,7 +115,7 @@ async def run_trial(
             except TimeoutError:
                 raise AgentSetupError(f"agent setup outlived its timeout of {timeouts.agent_setup:g} s") from None
         if gateway is not None:
-            access = gateway.open_trial(spec.trial_name, spec.trial_dir / "agent" / "litellm-trajectory.jsonl")
+            access = await gateway.open_trial(spec.trial_name, spec.trial_dir / "agent" / "litellm-trajectory.jsonl")
         with phase("agent"):
             outcome = await agent.run(task, env, model=access, timeout_sec=timeouts.agent)
         result.agent_outcome = AgentOutcome(exit_code=outcome.exit_code, timed_out=outcome.timed_out)

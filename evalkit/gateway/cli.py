@@ -1,14 +1,18 @@
 """`evalkit gateway CONFIG`: the job's gateway alone, for trying an agent or an upstream by hand.
 
-It serves the config's `llm_api` until SIGINT/SIGTERM and issues one ad-hoc key (or accepts `--key`), whose
-calls are logged like a trial's, in `artifacts/litellm/<job>/adhoc/litellm-trajectory.jsonl`.
+It serves the config's `llm_api` until SIGINT/SIGTERM and issues one ad-hoc key (or accepts `--key`) with its
+own Unix socket, whose calls are logged like a trial's, in
+`artifacts/litellm/<job>/adhoc-<UTC time>/litellm-trajectory.jsonl` (a fresh file per run: trajectories are
+never appended to).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import time
 from pathlib import Path
 
 from evalkit.cli import run_main
@@ -44,12 +48,15 @@ def gateway_command(args: argparse.Namespace) -> int:
 
 async def serve_until_stopped(config: LLMApiConfig, job_name: str, artifacts_dir: Path, key: str | None) -> int:
     async with Gateway.serve(config, job_name=job_name, artifacts_dir=artifacts_dir) as gateway:
-        trajectory = gateway.job_dir / "adhoc" / "litellm-trajectory.jsonl"
-        access = gateway.open_trial("adhoc", trajectory, api_key=key)
+        run = time.strftime("adhoc-%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+        trajectory = gateway.job_dir / run / "litellm-trajectory.jsonl"
+        access = await gateway.open_trial("adhoc", trajectory, api_key=key)
         print(f"evalkit gateway for job {job_name}: {gateway.url} (model {access.model})", flush=True)
         print(f"  OPENAI_BASE_URL={access.base_url}", flush=True)
         print(f"  ANTHROPIC_BASE_URL={access.anthropic_base_url}", flush=True)
         print(f"  API key: {access.api_key}", flush=True)
+        print(f"  Unix socket (same key): {access.socket_path}", flush=True)
+        print(f"  detailed /health: Authorization: Bearer {gateway.admin_key}", flush=True)
         print(f"  calls are logged to {trajectory}; Ctrl-C to stop", flush=True)
         try:
             await asyncio.Event().wait()

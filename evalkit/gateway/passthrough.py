@@ -1,8 +1,9 @@
 """The fast path: the upstream speaks the client's protocol, so the body is forwarded on a pooled connection.
 
-Only the `model` field is rewritten (agents send the gateway's model name; the upstream knows its own) and,
-for streamed OpenAI chat, usage is requested. No LiteLLM objects are built: this costs a fraction of a
-millisecond per call instead of LiteLLM's several, which is what lets one process drive hundreds of agents.
+The body is re-serialised, not forwarded byte for byte: `model` is rewritten (agents send the gateway's model
+name; the upstream knows its own), fields outside the protocol are dropped (`bodies.py`) and, for streamed
+OpenAI chat, usage is requested. No LiteLLM objects are built: this costs a fraction of a millisecond per
+call instead of LiteLLM's several, which is what lets one process drive hundreds of agents.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import orjson
 import yarl
 
 from evalkit.gateway.config import Protocol
-from evalkit.gateway.protocols import UPSTREAM_PATHS, adds_stream_usage, is_anthropic
-from evalkit.gateway.routing import Deployment, Reply, parse_retry_after
+from evalkit.gateway.protocols import UPSTREAM_PATHS, adds_stream_usage, forwarded_headers, is_anthropic
+from evalkit.gateway.routing import Deployment, Reply, retry_after_of
 
 ANTHROPIC_VERSION = "2023-06-01"
 _FORWARDED_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -50,6 +51,7 @@ async def forward(
     stream: bool,
     client_headers: Mapping[str, str],
 ) -> Reply:
+    """One attempt; `body` holds only the fields this deployment may receive."""
     payload = {**body, "model": deployment.config.upstream_model}
     withhold_usage = adds_stream_usage(protocol, body, stream, deployment.config.stream_usage)
     if withhold_usage:
@@ -60,16 +62,17 @@ async def forward(
         headers=upstream_headers(deployment, protocol, client_headers),
     )
     content_type = response.headers.get("Content-Type", "application/json")
+    headers = forwarded_headers(response.headers)
     if stream and response.status == 200:
 
         async def close() -> None:
             response.close()  # a no-op once the stream was read to its end and the connection went back
 
-        return Reply(200, b"", content_type, response.content.readany, close, withhold_usage=withhold_usage)
+        return Reply(
+            200, b"", content_type, response.content.readany, close, headers=headers, withhold_usage=withhold_usage
+        )
     try:
         data = await response.read()
     finally:
         response.release()
-    return Reply(
-        response.status, data, content_type, retry_after=parse_retry_after(response.headers.get("Retry-After"))
-    )
+    return Reply(response.status, data, content_type, retry_after=retry_after_of(headers), headers=headers)

@@ -6,6 +6,7 @@ turns those bytes back into one JSON object per call for the trajectory, and rea
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,21 @@ _ERROR_TYPES = {
     502: "api_error",
     504: "timeout_error",
 }
+
+
+FORWARDED_HEADERS = frozenset({"retry-after", "retry-after-ms", "x-should-retry", "request-id", "x-request-id"})
+FORWARDED_HEADER_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-")
+"""Upstream response headers agents act on (when to retry, rate limits) or quote (request ids); no others
+are passed on: the rest describe the upstream (server, organisation, processing details)."""
+
+
+def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The upstream response headers that reach the agent, with their original names."""
+    return {
+        name: value
+        for name, value in headers.items()
+        if (lower := name.lower()) in FORWARDED_HEADERS or lower.startswith(FORWARDED_HEADER_PREFIXES)
+    }
 
 
 @dataclass(slots=True)
@@ -106,22 +122,59 @@ def adds_stream_usage(protocol: Protocol, body: dict[str, Any], stream: bool, en
 
 
 def split_usage_events(chunk: bytes) -> tuple[bytes, bytes]:
-    """Split whole usage-only events out of a chunk of an OpenAI chat stream: (to forward, withheld).
-
-    Only called when the gateway itself asked for usage, and only on chunks that `has_usage_only_event`.
-    """
+    """Split whole usage-only events out of complete events of an OpenAI chat stream: (to forward, withheld)."""
     kept, withheld = [], []
     for event in chunk.split(b"\n\n"):
         if event.startswith(b"data: {") and has_usage_only_event(event):
             try:
                 data = orjson.loads(event[6:])
-            except orjson.JSONDecodeError:  # an event split across reads: forward it untouched
+            except orjson.JSONDecodeError:
                 data = None
             if isinstance(data, dict) and data.get("choices") == [] and data.get("usage"):
                 withheld.append(event + b"\n\n")
                 continue
         kept.append(event)
     return b"\n\n".join(kept), b"".join(withheld)
+
+
+class UsageWithholder:
+    """Holds back the usage-only events the gateway asked for and the agent did not, however reads split them.
+
+    Only whole events are forwarded: the bytes after the last event boundary of a read wait for the next one
+    (an agent cannot use half an event anyway). CRLF and CR line ends are normalised to LF first, so the
+    boundaries are found in every stream SSE allows. Only used when the gateway itself asked for usage.
+    """
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self.withheld: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to forward now (possibly none)."""
+        data = self._tail + chunk if self._tail else chunk
+        held = b""
+        if b"\r" in data:
+            if data.endswith(b"\r"):  # maybe half of a CRLF: decided with the next read
+                data, held = data[:-1], b"\r"
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = data.rfind(b"\n\n") + 2
+        if end == 1:  # no boundary yet
+            self._tail = data + held
+            return b""
+        self._tail = data[end:] + held
+        return self._without_usage(data[:end])
+
+    def flush(self) -> bytes:
+        """What is left at the end of the stream."""
+        rest, self._tail = self._tail.replace(b"\r", b"\n"), b""
+        return self._without_usage(rest)
+
+    def _without_usage(self, data: bytes) -> bytes:
+        if data and has_usage_only_event(data):
+            data, hidden = split_usage_events(data)
+            if hidden:
+                self.withheld.append(hidden)
+        return data
 
 
 def sse_data(stream: bytes) -> list[Any]:

@@ -11,12 +11,13 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from evalkit.gateway.bodies import DOCUMENTED, passed_fields
 from evalkit.gateway.config import DeploymentConfig, LLMApiConfig
 from evalkit.gateway.protocols import Usage
 
@@ -42,6 +43,11 @@ class Deployment:
         self.label = config.label
         self.native = config.native
         self.api_root = config.api_root
+        self.fields = {
+            protocol: passed_fields(protocol, config.provider, translated=protocol not in config.native)
+            for protocol in DOCUMENTED
+        }
+        """The request fields each protocol's calls may pass on to this deployment."""
         self.in_flight = 0
         self.pinned = 0
         """Trials currently pinned here; new trials go to the deployment with the fewest."""
@@ -50,14 +56,15 @@ class Deployment:
         self.cooldown_until = 0.0
         self.slots = asyncio.Semaphore(config.max_in_flight) if config.max_in_flight else None
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "name": self.label,
-            "healthy": self.cooldown_until <= time.monotonic(),
-            "cooldown_sec": round(max(0.0, self.cooldown_until - time.monotonic()), 3),
-            "in_flight": self.in_flight,
-            "pinned_trials": self.pinned,
-        }
+    def healthy(self) -> bool:
+        return self.cooldown_until <= time.monotonic()
+
+    def status(self, detailed: bool) -> dict[str, Any]:
+        """For `/health`: names (with upstream addresses) and counts only in the detailed view."""
+        health = {"healthy": self.healthy(), "cooldown_sec": round(max(0.0, self.cooldown_until - time.monotonic()), 3)}
+        if detailed:
+            health.update(name=self.label, in_flight=self.in_flight, pinned_trials=self.pinned)
+        return health
 
 
 @dataclass(slots=True)
@@ -73,6 +80,8 @@ class Reply:
     close: Callable[[], Awaitable[None]] | None = None
     """Releases the upstream side (a stream the agent stopped reading)."""
     retry_after: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    """Upstream response headers passed on to the agent (`protocols.forwarded_headers`)."""
     withhold_usage: bool = False
     """The gateway asked for a usage event the agent did not: do not forward it."""
     route: str = "passthrough"
@@ -84,9 +93,11 @@ class Reply:
 class UpstreamUnavailable(Exception):
     """Every attempt failed without an HTTP answer (connection refused or reset, timeout)."""
 
-    def __init__(self, message: str, timed_out: bool) -> None:
+    def __init__(self, message: str, timed_out: bool, retry_after: float) -> None:
         super().__init__(message)
         self.timed_out = timed_out
+        self.retry_after = retry_after
+        """Seconds until a deployment is expected back: the agent's `Retry-After`."""
 
 
 Attempt = Callable[[Deployment], Awaitable[Reply]]
@@ -94,6 +105,17 @@ Attempt = Callable[[Deployment], Awaitable[Reply]]
 
 def is_retryable(status: int) -> bool:
     return status in (408, 429) or status >= 500
+
+
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """How long the upstream asks us to wait: `retry-after-ms` (OpenAI, Anthropic) or `Retry-After`."""
+    lower = {k.lower(): v for k, v in headers.items() if k[:1] in "rR"}
+    if (ms := lower.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    return parse_retry_after(lower.get("retry-after"))
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -162,18 +184,11 @@ class DeploymentPool:
                     reply = await attempt(deployment)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 error = exc
-            except BaseException:
+            except BaseException as exc:  # cancelled (agent gone, trial closed) or a bug: keep the record
+                attempts.append(_attempt(deployment, None, "cancelled" if isinstance(exc, asyncio.CancelledError) else _describe(exc), started))
                 self.release(deployment)
                 raise
-            attempts.append(
-                {
-                    "deployment": deployment.label,
-                    "status": reply.status if reply else None,
-                    "error": _describe(error) if error else None,
-                    "start": started,
-                    "end": time.time(),
-                }
-            )
+            attempts.append(_attempt(deployment, reply.status if reply else None, error and _describe(error), started))
             if reply is not None:
                 reply.deployment, reply.deadline = deployment, deadline
                 if not is_retryable(reply.status):
@@ -184,7 +199,7 @@ class DeploymentPool:
                 if reply is not None:
                     return reply
                 self.release(deployment)
-                raise UpstreamUnavailable(_describe(error), isinstance(error, TimeoutError))
+                raise UpstreamUnavailable(_describe(error), isinstance(error, TimeoutError), self.retry_hint())
             if reply is not None and reply.close is not None:
                 await reply.close()
             self.release(deployment)
@@ -194,12 +209,22 @@ class DeploymentPool:
                 await asyncio.sleep(min(cfg.max_retry_wait_sec, retry_after if retry_after is not None else backoff))
             n += 1
 
+    def retry_hint(self) -> float:
+        """Seconds until the first deployment leaves its cooldown (at least 1): for the gateway's own 502/504."""
+        now = time.monotonic()
+        wait = min(d.cooldown_until for d in self.deployments) - now
+        return min(self._config.max_retry_wait_sec, max(1.0, wait))
+
     def _failed(self, deployment: Deployment, retry_after: float | None) -> None:
         deployment.fails += 1
         if deployment.fails > self._config.allowed_fails:
             deployment.fails = 0
             pause = max(self._config.cooldown_sec, retry_after or 0.0)
             deployment.cooldown_until = time.monotonic() + pause
+
+
+def _attempt(deployment: Deployment, status: int | None, error: str | None, started: float) -> dict[str, Any]:
+    return {"deployment": deployment.label, "status": status, "error": error, "start": started, "end": time.time()}
 
 
 def _describe(error: BaseException | None) -> str:

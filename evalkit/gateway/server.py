@@ -2,12 +2,16 @@
 
 It runs on aiohttp's low-level server (one dict lookup per request instead of a router and middlewares), with
 handler cancellation on: an agent that hangs up also aborts its upstream request, which frees the vLLM slot.
+The same handler serves the gateway's TCP port and every trial's Unix socket; on a socket (`bound`) only
+that trial's key is accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import math
 import time
 from collections.abc import Mapping
 from functools import partial
@@ -17,23 +21,25 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from evalkit.gateway.bodies import filtered, refused_field
 from evalkit.gateway.config import LLMApiConfig, Protocol
 from evalkit.gateway.passthrough import forward
 from evalkit.gateway.protocols import (
     Usage,
+    UsageWithholder,
     error_body,
     error_event,
-    has_usage_only_event,
     reassemble,
-    split_usage_events,
     usage_of,
 )
 from evalkit.gateway.routing import Deployment, DeploymentPool, Reply, UpstreamUnavailable
-from evalkit.gateway.trajectory import Call, JsonlWriter, json_fragment, raw_text, redact
+from evalkit.gateway.trajectory import Call, LineWriter, LogFile, json_fragment, raw_text, redact
 from evalkit.gateway.translate import translate
 from evalkit.gateway.trials import Trial
 
 _JSON = {"Content-Type": "application/json"}
+_RETRY_AFTER_STATUSES = (429, 502, 503, 504)
+"""Statuses of the gateway's own answers that carry `Retry-After` (upstream answers keep their own headers)."""
 
 
 class BodyTooLarge(Exception):
@@ -51,6 +57,10 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
             raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape"))
 
 
 def key_of(headers: Mapping[str, str]) -> str | None:
@@ -78,11 +88,15 @@ class Front:
         session: aiohttp.ClientSession,
         trials: dict[str, Trial],
         closed_keys: Mapping[str, object],
-        rejected: JsonlWriter,
+        writer: LineWriter,
         secrets: list[str],
+        admin_key: str,
     ) -> None:
         self._config, self._pool, self._session = config, pool, session
-        self._trials, self._closed_keys, self._rejected, self._secrets = trials, closed_keys, rejected, secrets
+        self._trials, self._closed_keys, self._writer, self._secrets = trials, closed_keys, writer, secrets
+        self._admin_key = admin_key
+        self.rejected: LogFile | None = None
+        """`rejected.jsonl`, set once the gateway opened it."""
         self.stopping = False
         self._routes = {
             ("POST", "/v1/chat/completions"): partial(self._model_call, protocol="openai_chat"),
@@ -95,32 +109,38 @@ class Front:
             ("HEAD", "/"): self._root,  # Claude Code probes the base URL
         }
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest, bound: Trial | None = None) -> web.StreamResponse:
+        """Serve a request; `bound` is the trial whose Unix socket it arrived on (None: the TCP port)."""
         route = self._routes.get((request.method, request.path))
         if route is None:
+            protocol: Protocol = "anthropic_messages" if "x-api-key" in request.headers else "openai_chat"
             return web.Response(
-                status=404,
-                body=error_body("openai_chat", 404, f"no route {request.method} {request.path}"),
-                headers=_JSON,
+                status=404, body=error_body(protocol, 404, f"no route {request.method} {request.path}"), headers=_JSON
             )
-        return await route(request)
+        return await route(request, bound)
 
     # ------------------------------------------------------------------------------------ small endpoints
 
-    async def _root(self, request: web.BaseRequest) -> web.Response:
+    async def _root(self, request: web.BaseRequest, bound: Trial | None) -> web.Response:
         return web.Response(text="evalkit gateway\n")
 
-    async def _health(self, request: web.BaseRequest) -> web.Response:
-        status = {
-            "status": "ok",
-            "model": self._config.model,
-            "deployments": [d.status() for d in self._pool.deployments],
-        }
+    async def _health(self, request: web.BaseRequest, bound: Trial | None) -> web.Response:
+        """A bare status without a key (no addresses, names or counts: no map for a bypass); per-deployment
+        health with a trial's key; names and counts with the gateway's admin key."""
+        deployments = self._pool.deployments
+        status: dict[str, object] = {"status": "ok" if any(d.healthy() for d in deployments) else "degraded"}
+        key = key_of(request.headers)
+        admin = bound is None and key is not None and _same(key, self._admin_key)
+        if admin or self._trial_of(request, bound) is not None:
+            status["model"] = self._config.model
+            status["deployments"] = [d.status(detailed=admin) for d in deployments]
+        if admin:
+            status["open_trials"] = len(self._trials)
         return web.Response(body=orjson.dumps(status), headers=_JSON)
 
-    async def _models(self, request: web.BaseRequest) -> web.Response:
-        if self._trial_of(request) is None:
-            return self._reject(request, "openai_chat")
+    async def _models(self, request: web.BaseRequest, bound: Trial | None) -> web.Response:
+        if self._trial_of(request, bound) is None:
+            return await self._reject(request, "openai_chat", bound)
         # One body both SDKs accept: OpenAI's `object`/`owned_by` and Anthropic's `type`/`display_name`.
         model = {
             "id": self._config.model,
@@ -140,47 +160,53 @@ class Front:
         }
         return web.Response(body=orjson.dumps(listing), headers=_JSON)
 
-    def _trial_of(self, request: web.BaseRequest) -> Trial | None:
+    def _trial_of(self, request: web.BaseRequest, bound: Trial | None) -> Trial | None:
         key = key_of(request.headers)
-        return self._trials.get(key) if key else None
+        if key is None:
+            return None
+        if bound is None:
+            return self._trials.get(key)
+        return bound if not bound.closed and _same(key, bound.api_key) else None
 
-    def _reject(self, request: web.BaseRequest, protocol: Protocol) -> web.Response:
+    async def _reject(self, request: web.BaseRequest, protocol: Protocol, bound: Trial | None) -> web.Response:
         """401, and a line in the job's `rejected.jsonl` (no trial owns the request, so no trajectory does)."""
         key = key_of(request.headers)
-        reason = "missing key" if not key else "finished trial's key" if key in self._closed_keys else "unknown key"
-        self._rejected.write(
-            {
-                "v": 1,
-                "time": time.time(),
-                "method": request.method,
-                "endpoint": request.path,
-                "status": 401,
-                "reason": reason,
-            }
-        )
+        if not key:
+            reason = "missing key"
+        elif key in self._closed_keys or (bound is not None and bound.closed and _same(key, bound.api_key)):
+            reason = "finished trial's key"
+        elif bound is not None:
+            reason = "not this route's key"
+        else:
+            reason = "unknown key"
+        if self.rejected is not None:
+            await self._writer.wait_for_room()
+            line = {"v": 1, "time": time.time(), "method": request.method, "endpoint": request.path, "status": 401}
+            self._writer.submit(self.rejected, line | {"reason": reason, "route": bound and bound.trial_id})
         return web.Response(
             status=401, body=error_body(protocol, 401, f"{reason}: use the key evalkit gave this trial"), headers=_JSON
         )
 
     # --------------------------------------------------------------------------------------- model calls
 
-    async def _model_call(self, request: web.BaseRequest, protocol: Protocol) -> web.StreamResponse:
-        trial = self._trial_of(request)
+    async def _model_call(self, request: web.BaseRequest, bound: Trial | None, protocol: Protocol) -> web.StreamResponse:
+        trial = self._trial_of(request, bound)
         if trial is None:
-            return self._reject(request, protocol)
+            return await self._reject(request, protocol, bound)
         call = Call(trial.trial_id, trial.next_seq(), request.path, protocol)
         task = asyncio.current_task()
         assert task is not None
-        trial.calls.add(task)
+        trial.calls.add(task)  # before any await: closing the trial cancels and waits for this call
         try:
+            await self._writer.wait_for_room()  # the disk lags: new calls wait; calls in flight get their line
             return await self._serve(request, trial, call, protocol)
         except asyncio.CancelledError:
             reason = "gateway stopped" if self.stopping else "trial closed" if trial.closed else "client disconnected"
             call.error = call.error or reason
             raise
-        except Exception as exc:
-            call.error = call.error or redact(f"gateway error: {type(exc).__name__}: {exc}", self._secrets)
-            raise
+        except Exception as exc:  # a bug, before any byte went out: still an error the agent's SDK can read
+            message = redact(f"gateway error: {type(exc).__name__}: {exc}", self._secrets)
+            return self._error(call, protocol, 500, message)
         finally:
             trial.calls.discard(task)
             call.end = time.time()
@@ -202,17 +228,23 @@ class Front:
             call.request_raw = raw_text(raw)
             return self._error(call, protocol, 400, "request body must be a JSON object")
         call.request = json_fragment(raw)
-        call.stream = stream = body.get("stream") is True
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            return self._error(call, protocol, 400, "`stream` must be true or false")
+        call.stream = stream
         model = body.get("model")
         if not model:
             return self._error(call, protocol, 400, "missing `model`")
         if model != self._config.model:
             return self._error(call, protocol, 404, f"model {model!r} is not served here; use {self._config.model!r}")
-        attempt = partial(self._attempt, protocol, body, stream, request.headers)
+        if refused := refused_field(protocol, body):
+            return self._error(call, protocol, 400, refused)
+        attempt = partial(self._attempt, call, protocol, body, stream, request.headers)
         try:
             reply = await self._pool.call(trial.api_key, attempt, call.attempts)
         except UpstreamUnavailable as exc:
-            return self._error(call, protocol, 504 if exc.timed_out else 502, f"upstream unavailable: {exc}")
+            status = 504 if exc.timed_out else 502
+            return self._error(call, protocol, status, f"upstream unavailable: {exc}", exc.retry_after)
         assert reply.deployment is not None
         call.route, call.deployment = reply.route, reply.deployment.label
         try:
@@ -225,18 +257,32 @@ class Front:
             self._pool.release(reply.deployment)
 
     async def _attempt(
-        self, protocol: Protocol, body: dict[str, Any], stream: bool, headers: Mapping[str, str], deployment: Deployment
+        self,
+        call: Call,
+        protocol: Protocol,
+        body: dict[str, Any],
+        stream: bool,
+        headers: Mapping[str, str],
+        deployment: Deployment,
     ) -> Reply:
+        payload, dropped = filtered(body, deployment.fields[protocol])
+        call.dropped = dropped or None
         if protocol in deployment.native:
-            return await forward(self._session, deployment, protocol, body, stream, headers)
-        return await translate(deployment, protocol, body, stream, self._config.timeout_sec, self._secrets)
+            return await forward(self._session, deployment, protocol, payload, stream, headers)
+        return await translate(deployment, protocol, payload, stream, self._config.timeout_sec, self._secrets)
 
-    def _error(self, call: Call, protocol: Protocol, status: int, message: str) -> web.Response:
+    def _error(
+        self, call: Call, protocol: Protocol, status: int, message: str, retry_after: float | None = None
+    ) -> web.Response:
         """An error the gateway itself answers (bad input, no upstream), in the client's protocol."""
+        message = redact(message, self._secrets)
         body = error_body(protocol, status, message)
         call.status, call.error, call.response = status, message, json_fragment(body)
         call.first_byte = time.time()
-        return web.Response(status=status, body=body, headers=_JSON)
+        headers = _JSON
+        if status in _RETRY_AFTER_STATUSES:
+            headers = {**_JSON, "Retry-After": str(math.ceil(retry_after or 1))}
+        return web.Response(status=status, body=body, headers=headers)
 
     def _complete(self, call: Call, reply: Reply) -> web.Response:
         call.first_byte = time.time()
@@ -251,7 +297,8 @@ class Front:
             call.error = _message_of(obj, reply.status)
         else:
             self._account(call, reply, usage_of(obj))
-        return web.Response(status=reply.status, body=reply.body, headers={"Content-Type": reply.content_type})
+        headers = {"Content-Type": reply.content_type, **reply.headers}
+        return web.Response(status=reply.status, body=reply.body, headers=headers)
 
     async def _relay(
         self, request: web.BaseRequest, call: Call, reply: Reply, protocol: Protocol
@@ -259,27 +306,26 @@ class Front:
         """Forward a stream chunk by chunk as it arrives; keep the bytes to reassemble once it ends."""
         assert reply.read is not None
         response = web.StreamResponse(
-            status=reply.status, headers={"Content-Type": reply.content_type, "Cache-Control": "no-cache"}
+            status=reply.status,
+            headers={"Content-Type": reply.content_type, "Cache-Control": "no-cache", **reply.headers},
         )
         call.status = reply.status
         await response.prepare(request)
         sent: list[bytes] = []
-        withheld: list[bytes] = []
-        append, read, write, withhold = sent.append, reply.read, response.write, reply.withhold_usage
+        withholder = UsageWithholder() if reply.withhold_usage else None
+        append, read, write = sent.append, reply.read, response.write
         try:
             async with asyncio.timeout_at(reply.deadline):
-                if reply.body:
-                    call.first_byte = time.time()
-                    append(reply.body)
-                    await write(reply.body)
-                while chunk := await read():
+                first = reply.body
+                while chunk := first or await read():
+                    first = b""
                     if call.first_byte is None:
                         call.first_byte = time.time()
-                    if withhold and has_usage_only_event(chunk):
-                        chunk, hidden = split_usage_events(chunk)
-                        withheld.append(hidden)
-                        if not chunk:
-                            continue
+                    if withholder is not None and not (chunk := withholder.feed(chunk)):
+                        continue
+                    append(chunk)
+                    await write(chunk)
+                if withholder is not None and (chunk := withholder.flush()):
                     append(chunk)
                     await write(chunk)
             await response.write_eof()
@@ -303,8 +349,8 @@ class Front:
             if call.response is None and data:
                 call.response_raw = raw_text(data)
             usage = usage_of(call.response)
-            if usage is None and withheld:
-                usage = usage_of(reassemble(protocol, b"".join(withheld)))
+            if usage is None and withholder is not None and withholder.withheld:
+                usage = usage_of(reassemble(protocol, b"".join(withholder.withheld)))
             self._account(call, reply, usage)
             if isinstance(call.response, dict) and isinstance(call.response.get("error"), dict):
                 call.error = call.error or _message_of(call.response, reply.status)

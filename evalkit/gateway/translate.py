@@ -16,11 +16,14 @@ from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
+import aiohttp
+import httpx
 import orjson
 
+from evalkit.gateway.bodies import malformed
 from evalkit.gateway.config import DeploymentConfig, Protocol
-from evalkit.gateway.protocols import adds_stream_usage, error_body
-from evalkit.gateway.routing import Deployment, Price, Reply, parse_retry_after
+from evalkit.gateway.protocols import adds_stream_usage, error_body, forwarded_headers
+from evalkit.gateway.routing import Deployment, Price, Reply, retry_after_of
 from evalkit.gateway.trajectory import redact
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # else `import litellm` fetches a price map
@@ -73,16 +76,19 @@ def _dumps(value: Any) -> bytes:
 async def translate(
     deployment: Deployment, protocol: Protocol, body: dict[str, Any], stream: bool, timeout: float, secrets: list[str]
 ) -> Reply:
-    """One attempt on one deployment through LiteLLM; upstream errors come back as replies in the client's protocol."""
+    """One attempt on one deployment through LiteLLM; upstream errors come back as replies in the client's protocol.
+
+    `body` holds only the fields this deployment may receive. A failure to reach the upstream is raised as
+    `ConnectionError` / `TimeoutError`, as on the pass-through path, so both protocols get the same 502 / 504.
+    """
     if protocol == "openai_responses":
         return Reply(
             404, error_body(protocol, 404, f"deployment {deployment.label} has no Responses API"), route="local"
         )
+    if problem := malformed(protocol, body):
+        return Reply(400, error_body(protocol, 400, problem), route="translated")
     if protocol == "anthropic_count_tokens":
         return await _count_tokens(body)
-    required = ("messages", "max_tokens") if protocol == "anthropic_messages" else ("messages",)
-    if missing := [name for name in required if name not in body]:
-        return Reply(400, error_body(protocol, 400, f"missing field(s): {', '.join(missing)}"), route="translated")
     litellm = load_litellm()
     params = {k: v for k, v in body.items() if k not in ("model", "stream")}
     params.update(deployment.config.litellm_params)
@@ -104,17 +110,26 @@ async def translate(
         if not stream:
             return Reply(200, _dumps(result), route="translated")
         events = _anthropic_events(result) if protocol == "anthropic_messages" else _openai_events(result)
-        first = await anext(events)
+        first = await anext(events, b"")
     except Exception as exc:
+        if (failure := _transport_failure(exc, secrets)) is not None:
+            raise failure from None
+        message = redact(str(getattr(exc, "message", exc)), secrets)
         status = getattr(exc, "status_code", None)
         if not isinstance(status, int):
+            if isinstance(exc, ValueError | TypeError | LookupError | AttributeError):
+                # LiteLLM could not translate this body: resending it cannot help, so not a 5xx.
+                return Reply(
+                    400, error_body(protocol, 400, f"the request could not be translated: {message}"), route="translated"
+                )
             raise  # a bug, not an upstream answer: the server reports it as a gateway error
-        message = redact(str(getattr(exc, "message", exc)), secrets)
-        headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+        upstream_headers = getattr(exc, "litellm_response_headers", None) or {}
+        headers = forwarded_headers(upstream_headers)
         return Reply(
             status,
             error_body(protocol, status, message),
-            retry_after=parse_retry_after(headers.get("retry-after")),
+            retry_after=retry_after_of(headers),
+            headers=headers,
             route="translated",
         )
 
@@ -124,6 +139,20 @@ async def translate(
     return Reply(
         200, first, "text/event-stream", read, events.aclose, withhold_usage=withhold_usage, route="translated"
     )
+
+
+def _transport_failure(exc: BaseException, secrets: list[str]) -> OSError | TimeoutError | None:
+    """LiteLLM wraps a refused connection or a dropped one as a "500", a read timeout as a "408": find the cause."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, httpx.TimeoutException | aiohttp.ServerTimeoutError | TimeoutError):
+            return TimeoutError("upstream timed out")
+        if isinstance(cause, httpx.TransportError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError):
+            return ConnectionError(redact(f"{type(cause).__name__}: {cause}", secrets))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 async def _anthropic_events(stream: Any) -> AsyncIterator[bytes]:

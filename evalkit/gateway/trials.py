@@ -1,36 +1,46 @@
-"""Per-trial keys: what an agent is handed, and what the gateway keeps for each trial while it runs.
+"""Per-trial keys and routes: what an agent is handed, and what the gateway keeps for each trial while it runs.
 
-A key is random and lives from `open_trial` to `close_trial`; it is the only thing that ties a request to a
-trial (and its trajectory file), so an agent can neither reach the upstream's real key nor another trial's log.
+A key is random and lives from `open_trial` to `close_trial`; with the trial's own Unix socket it is what ties
+a request to a trial (and its trajectory file), so an agent can neither reach the upstream's real key nor
+another trial's log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict
 
 from evalkit.gateway.protocols import Usage
-from evalkit.gateway.trajectory import Call, JsonlWriter
+from evalkit.gateway.routes import CONTAINER_DIR, SOCKET_NAME, TrialRoute
+from evalkit.gateway.trajectory import Call, LineWriter, LogFile
 from evalkit.results import ModelUsage
 
 
 class TrialAccess(BaseModel):
-    """What an agent needs to reach the model: hand these (and nothing else) to the container."""
+    """What an agent needs to reach the model: hand these (and nothing else) to the agent."""
 
     model_config = ConfigDict(frozen=True)
 
     trial_id: str
     api_key: str
-    """Random per-trial key; 401 once the trial is closed."""
+    """Random per-trial key; 401 once the trial is closed, and on any other trial's socket."""
     base_url: str
-    """OpenAI-style base URL (`…/v1`), for OpenAI SDKs and `OPENAI_BASE_URL`."""
+    """OpenAI-style TCP base URL (`…/v1`) on the host's loopback, for host-side agents."""
     anthropic_base_url: str
-    """The gateway root, for Anthropic SDKs and Claude Code's `ANTHROPIC_BASE_URL`."""
+    """The gateway's TCP root, for host-side Anthropic SDKs."""
     model: str
     """The model name to send."""
+    socket_path: Path
+    """This trial's Unix socket on the host; mount its directory (read-only) at `CONTAINER_DIR` in the
+    container, where the agent finds it as `container_socket_path`."""
+
+    @property
+    def container_socket_path(self) -> PurePosixPath:
+        """Where the socket is inside the container once `socket_path.parent` is mounted at `CONTAINER_DIR`."""
+        return CONTAINER_DIR / SOCKET_NAME
 
 
 def new_key() -> str:
@@ -40,10 +50,11 @@ def new_key() -> str:
 class Trial:
     """The live state of one open trial."""
 
-    def __init__(self, trial_id: str, api_key: str, trajectory_path: Path) -> None:
+    def __init__(self, trial_id: str, api_key: str, log: LogFile, writer: LineWriter) -> None:
         self.trial_id = trial_id
         self.api_key = api_key
         self.closed = False
+        self.route: TrialRoute | None = None
         self.calls: set[asyncio.Task[object]] = set()
         """Request handlers in flight for this trial; cancelled when the trial closes."""
         # Plain counters, not a ModelUsage: this runs once per call, and pydantic's setattr is not free.
@@ -51,15 +62,15 @@ class Trial:
         self._tokens = Usage()
         self._cost: float | None = None
         self._seq = 0
-        self._log = JsonlWriter(trajectory_path)
+        self.log = log
+        self._writer = writer
 
     def next_seq(self) -> int:
         self._seq += 1
         return self._seq - 1
 
     def record(self, call: Call) -> None:
-        """Append the call to the trajectory and add it to the trial's totals."""
-        self._log.write(call.line())
+        """Add the call to the trial's totals, then queue its line (no I/O here: the writer thread does it)."""
         self._calls += 1
         if call.error is not None or call.status is None or call.status >= 400:
             self._errors += 1
@@ -69,9 +80,14 @@ class Trial:
             self._tokens.cache_read_tokens += usage.cache_read_tokens
         if call.cost_usd is not None:
             self._cost = (self._cost or 0.0) + call.cost_usd
+        self._writer.submit(self.log, call)
 
     def usage(self) -> ModelUsage:
-        return ModelUsage(n_calls=self._calls, n_errors=self._errors, **self._tokens.as_dict(), cost_usd=self._cost)
-
-    def close_log(self) -> None:
-        self._log.close()
+        """The totals; read after the log was closed, so `trajectory_error` is final."""
+        return ModelUsage(
+            n_calls=self._calls,
+            n_errors=self._errors,
+            **self._tokens.as_dict(),
+            cost_usd=self._cost,
+            trajectory_error=self.log.error,
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -36,13 +36,12 @@ def serve(artifacts: Path) -> GatewayFactory:
 
 
 @pytest.fixture
-def open_trial(tmp_path: Path) -> Callable[[Gateway, str], TrialAccess]:
+def open_trial(tmp_path: Path) -> Callable[[Gateway, str], Awaitable[TrialAccess]]:
     """Open a trial whose trajectory is `tmp_path/jobs/<trial>/agent/litellm-trajectory.jsonl`."""
 
-    def open_(gw: Gateway, trial_id: str) -> TrialAccess:
-        agent_dir = tmp_path / "jobs" / trial_id / "agent"
-        agent_dir.mkdir(parents=True, exist_ok=True)
-        return gw.open_trial(trial_id, agent_dir / "litellm-trajectory.jsonl")
+    async def open_(gw: Gateway, trial_id: str) -> TrialAccess:
+        (tmp_path / "jobs" / trial_id).mkdir(parents=True, exist_ok=True)
+        return await gw.open_trial(trial_id, tmp_path / "jobs" / trial_id / "agent" / "litellm-trajectory.jsonl")
 
     return open_
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anthropic
 import openai
 import orjson
 from fake_upstream import FakeUpstream
 
-from evalkit.gateway import LLMApiConfig, TrialAccess
+from evalkit.gateway import Gateway, LLMApiConfig, TrialAccess
 
 MODEL = "smollm2"
 
@@ -24,6 +25,15 @@ def vllm_config(*upstreams: FakeUpstream, **settings: Any) -> LLMApiConfig:
 def read_trajectory(path: Path) -> list[dict[str, Any]]:
     """Every line must be one complete JSON object."""
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+async def admin_health(gw: Gateway) -> dict[str, Any]:
+    """The detailed `/health` (deployment names and counts), which needs the gateway's admin key."""
+    async with aiohttp.ClientSession() as session:
+        headers = {"Authorization": f"Bearer {gw.admin_key}"}
+        async with session.get(gw.url + "/health", headers=headers) as resp:
+            assert resp.status == 200
+            return await resp.json()
 
 
 def openai_client(access: TrialAccess, **kwargs: Any) -> openai.AsyncOpenAI:

@@ -45,7 +45,7 @@ async def test_upstream_key_is_used_upstream_and_written_nowhere(
 ):
     upstream.script = [Reply(), Fail(401), Reply()]
     async with serve(keyed_config) as gw:
-        access = open_trial(gw, "t1")
+        access = await open_trial(gw, "t1")
         assert SECRET not in access.model_dump_json()
         async with openai_client(access) as client:
             await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
@@ -67,7 +67,7 @@ async def test_upstream_key_is_used_upstream_and_written_nowhere(
 
 async def test_usage_and_cost_are_summed_per_trial(upstream, keyed_config, serve, open_trial, trajectory):
     async with serve(keyed_config) as gw:
-        a, b = open_trial(gw, "a"), open_trial(gw, "b")
+        a, b = await open_trial(gw, "a"), await open_trial(gw, "b")
         async with openai_client(a) as client:
             for _ in range(3):
                 await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello there"}])
@@ -88,7 +88,7 @@ async def test_closing_a_trial_cancels_its_calls_in_flight(upstream, serve, open
     upstream.default = Hang()
     config = LLMApiConfig(model=MODEL, deployments=[{"model": f"hosted_vllm/{MODEL}", "api_base": upstream.url}])
     async with serve(config) as gw:
-        access = open_trial(gw, "t1")
+        access = await open_trial(gw, "t1")
         async with openai_client(access) as client:
             call = asyncio.create_task(
                 client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
@@ -109,7 +109,7 @@ async def test_leaving_the_gateway_closes_trials_and_leaves_no_tasks(upstream, s
     before = asyncio.all_tasks()
     client = None
     async with serve(config) as gw:
-        client = openai_client(open_trial(gw, "t1"))
+        client = openai_client(await open_trial(gw, "t1"))
         call = asyncio.create_task(
             client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
         )
@@ -135,7 +135,7 @@ async def test_leaving_on_cancellation_still_closes_everything(upstream, artifac
         nonlocal url
         async with Gateway.serve(config, job_name="job", artifacts_dir=artifacts) as gw:
             url = gw.url
-            access = gw.open_trial("t1", path)
+            access = await gw.open_trial("t1", path)
             async with openai_client(access) as client:
                 await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
             opened.set()
@@ -229,8 +229,12 @@ async def test_cli_serves_an_adhoc_key_until_sigint(tmp_path):
                 await proc.wait()
     assert answer.choices[0].message.content == "from the cli"
     assert "stopped: 1 calls, 0 errors" in out
-    [line] = read_trajectory(tmp_path / "artifacts" / "litellm" / "cli-job" / "adhoc" / "litellm-trajectory.jsonl")
+    [trajectory] = (tmp_path / "artifacts" / "litellm" / "cli-job").glob("adhoc-*/litellm-trajectory.jsonl")
+    assert f"calls are logged to {trajectory}" in first + out
+    [line] = read_trajectory(trajectory)
     assert line["trial_id"] == "adhoc" and line["status"] == 200
+    socket_line = next(line for line in (first + out).splitlines() if "Unix socket" in line)
+    assert not Path(socket_line.split(": ", 1)[1]).parent.exists(), "the route directory outlived the gateway"
 
 
 README_MODE_A = """

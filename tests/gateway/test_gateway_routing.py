@@ -9,7 +9,7 @@ import aiohttp
 import openai
 import pytest
 from fake_upstream import Disconnect, Fail, FakeUpstream, Hang, Reply
-from gateway_testing import MODEL, openai_client, read_trajectory, vllm_config
+from gateway_testing import MODEL, admin_health, openai_client, read_trajectory, vllm_config
 
 from evalkit.gateway import Gateway, LLMApiConfig
 from evalkit.gateway.routing import Deployment, DeploymentPool
@@ -32,7 +32,7 @@ def replicas_of(upstreams: list[FakeUpstream]) -> dict[str, set[str]]:
 async def test_trials_stick_to_one_replica_split_evenly_and_move_when_one_dies(serve, open_trial, trajectory):
     async with FakeUpstream("r0") as r0, FakeUpstream("r1") as r1:
         async with serve(vllm_config(r0, r1, **FAST_RETRIES)) as gw:
-            clients = {f"t{n}": openai_client(open_trial(gw, f"t{n}")) for n in range(6)}
+            clients = {f"t{n}": openai_client(await open_trial(gw, f"t{n}")) for n in range(6)}
 
             async def agent(trial_id: str, calls: int, offset: int = 0) -> None:
                 for i in range(calls):
@@ -46,8 +46,7 @@ async def test_trials_stick_to_one_replica_split_evenly_and_move_when_one_dies(s
 
             await r0.stop()  # kill a replica: its trials must move, and their calls still succeed
             await asyncio.gather(*(agent(t, 2, offset=3) for t in clients))
-            async with aiohttp.ClientSession() as session, session.get(gw.url + "/health") as resp:
-                health = {d["name"]: d for d in (await resp.json())["deployments"]}
+            health = {d["name"]: d for d in (await admin_health(gw))["deployments"]}
             for client in clients.values():
                 await client.close()
     assert not health["r0"]["healthy"] and health["r1"]["healthy"]
@@ -65,7 +64,7 @@ async def test_trials_stick_to_one_replica_split_evenly_and_move_when_one_dies(s
 async def test_429_is_retried_after_retry_after(upstream, serve, open_trial, trajectory):
     upstream.script = [Fail(429, retry_after=0.4), Reply(text="second time lucky")]
     async with serve(vllm_config(upstream, **FAST_RETRIES)) as gw:
-        async with openai_client(open_trial(gw, "t1")) as client:
+        async with openai_client(await open_trial(gw, "t1")) as client:
             started = time.monotonic()
             assert await ask(client, "t1 hi") == "second time lucky"
             elapsed = time.monotonic() - started
@@ -77,7 +76,7 @@ async def test_429_is_retried_after_retry_after(upstream, serve, open_trial, tra
 async def test_5xx_disconnects_and_hangs_are_retried(upstream, serve, open_trial, trajectory):
     upstream.script = [Fail(500), Disconnect(), Hang(), Reply(text="finally")]
     async with serve(vllm_config(upstream, timeout_sec=0.5, max_retries=3, **FAST_RETRIES)) as gw:
-        async with openai_client(open_trial(gw, "t1")) as client:
+        async with openai_client(await open_trial(gw, "t1")) as client:
             assert await ask(client, "t1 hi") == "finally"
     [line] = read_trajectory(trajectory("t1"))
     attempts = line["attempts"]
@@ -89,7 +88,7 @@ async def test_5xx_disconnects_and_hangs_are_retried(upstream, serve, open_trial
 async def test_retries_exhausted_return_the_upstream_error(upstream, serve, open_trial, trajectory):
     upstream.script = [Fail(503), Fail(503)]
     async with serve(vllm_config(upstream, max_retries=1, **FAST_RETRIES)) as gw:
-        access = open_trial(gw, "t1")
+        access = await open_trial(gw, "t1")
         async with openai_client(access) as client:
             with pytest.raises(openai.InternalServerError) as raised:
                 await ask(client, "t1 hi")
@@ -104,14 +103,14 @@ async def test_unreachable_upstream_is_502_and_timeout_is_504(serve, open_trial,
     async with FakeUpstream("gone") as gone:
         pass  # stopped: its port now refuses connections
     async with serve(vllm_config(gone, max_retries=1, **FAST_RETRIES)) as gw:
-        async with openai_client(open_trial(gw, "t1")) as client:
+        async with openai_client(await open_trial(gw, "t1")) as client:
             with pytest.raises(openai.APIStatusError) as raised:
                 await ask(client, "t1 hi")
     assert raised.value.status_code == 502
     async with FakeUpstream("slow") as slow:
         slow.default = Hang()
         async with serve(vllm_config(slow, timeout_sec=0.2, max_retries=0)) as gw:
-            async with openai_client(open_trial(gw, "t2")) as client:
+            async with openai_client(await open_trial(gw, "t2")) as client:
                 with pytest.raises(openai.APIStatusError) as raised:
                     await ask(client, "t2 hi")
     assert raised.value.status_code == 504
@@ -121,7 +120,7 @@ async def test_unreachable_upstream_is_502_and_timeout_is_504(serve, open_trial,
 async def test_stream_that_stalls_after_headers_is_ended_with_an_error_event(upstream, serve, open_trial, trajectory):
     upstream.default = Reply(text="slow " * 20, chunks=20, chunk_delay=0.1)
     async with serve(vllm_config(upstream, timeout_sec=0.5)) as gw:
-        async with openai_client(open_trial(gw, "t1")) as client:
+        async with openai_client(await open_trial(gw, "t1")) as client:
             stream = await client.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "t1"}], stream=True
             )
@@ -139,7 +138,7 @@ async def test_max_in_flight_caps_calls_per_deployment(upstream, serve, open_tri
         model=MODEL, deployments=[{"model": f"hosted_vllm/{MODEL}", "api_base": upstream.url, "max_in_flight": 2}]
     )
     async with serve(config) as gw:
-        async with openai_client(open_trial(gw, "t1")) as client:
+        async with openai_client(await open_trial(gw, "t1")) as client:
             answers = await asyncio.gather(*(ask(client, f"t1 {i}") for i in range(6)))
     assert answers == ["ok"] * 6
     assert upstream.max_in_progress == 2
@@ -173,7 +172,7 @@ async def test_several_gateways_in_one_loop_do_not_share_keys_or_state(upstream,
         Gateway.serve(config, job_name="b", artifacts_dir=artifacts) as b,
     ):
         assert a.url != b.url
-        access_a = open_trial(a, "ta")
+        access_a = await open_trial(a, "ta")
         async with openai.AsyncOpenAI(base_url=b.url + "/v1", api_key=access_a.api_key, max_retries=0) as wrong:
             with pytest.raises(openai.AuthenticationError):
                 await ask(wrong, "ta hi")
