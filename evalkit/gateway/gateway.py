@@ -106,6 +106,8 @@ class Gateway:
         self.url = ""
         self.admin_key = "eka-" + token_urlsafe(24)
         """Shows the detailed `/health` (upstream names, counts); kept in memory, never given to a trial."""
+        self.routes_dir = routes.root
+        """This gateway's directory of per-trial route directories (removed when it stops)."""
         self._pool, self._session, self._routes = pool, session, routes
         self._trials: dict[str, Trial] = {}
         self._closing: dict[str, asyncio.Future[ModelUsage]] = {}

@@ -242,9 +242,10 @@ class Front:
         attempt = partial(self._attempt, call, protocol, body, stream, request.headers)
         try:
             reply = await self._pool.call(trial.api_key, attempt, call.attempts)
-        except UpstreamUnavailable as exc:
-            status = 504 if exc.timed_out else 502
-            return self._error(call, protocol, status, f"upstream unavailable: {exc}", exc.retry_after)
+        except UpstreamUnavailable as exc:  # the details (addresses) go to the trajectory, not to the agent
+            status, message = (504, "upstream timed out") if exc.timed_out else (502, "upstream unavailable")
+            detail = message if exc.timed_out else f"{message}: {exc}"
+            return self._error(call, protocol, status, message, exc.retry_after, detail=detail)
         assert reply.deployment is not None
         call.route, call.deployment = reply.route, reply.deployment.label
         try:
@@ -272,12 +273,20 @@ class Front:
         return await translate(deployment, protocol, payload, stream, self._config.timeout_sec, self._secrets)
 
     def _error(
-        self, call: Call, protocol: Protocol, status: int, message: str, retry_after: float | None = None
+        self,
+        call: Call,
+        protocol: Protocol,
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+        detail: str | None = None,
     ) -> web.Response:
-        """An error the gateway itself answers (bad input, no upstream), in the client's protocol."""
+        """An error the gateway itself answers (bad input, no upstream), in the client's protocol; `detail`
+        replaces `message` in the trajectory."""
         message = redact(message, self._secrets)
         body = error_body(protocol, status, message)
-        call.status, call.error, call.response = status, message, json_fragment(body)
+        call.status, call.response = status, json_fragment(body)
+        call.error = redact(detail, self._secrets) if detail else message
         call.first_byte = time.time()
         headers = _JSON
         if status in _RETRY_AFTER_STATUSES:

@@ -161,6 +161,7 @@ class LogFile:
         if named is not None and (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
             return
         if named is not None:
+            self.lost += 1  # the line just written went to the file that is no longer there
             self.fail(f"{self.path} was replaced by another file during the trial; later lines are lost")
             return
         try:
@@ -170,8 +171,10 @@ class LogFile:
             return
         try:
             copied = 0
-            while copied < self._size:
-                copied += os.sendfile(fd, self._fd, copied, self._size - copied) or self._size
+            while copied < self._size and (block := os.pread(self._fd, min(1 << 20, self._size - copied), copied)):
+                copied += len(block)
+                while block:
+                    block = block[os.write(fd, block) :]
         except OSError as exc:
             os.close(fd)
             self.fail(f"{self.path} was deleted during the trial and cannot be restored: {exc.strerror}")
@@ -207,7 +210,8 @@ class LogFile:
 
 
 def _create(name: str, dir_fd: int, *, exclusive: bool) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND  # readable: a deleted file is restored from it
+    flags |= os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     fd = os.open(name, flags | (os.O_EXCL if exclusive else 0), 0o644, dir_fd=dir_fd)
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # O_NONBLOCK: a FIFO planted here must not hang the open
         os.close(fd)

@@ -3,7 +3,8 @@
 It serves OpenAI `/v1/chat/completions` (JSON and SSE with `data: [DONE]`, tool calls, usage, `stream_options`),
 Anthropic `/v1/messages` (JSON and SSE events) and OpenAI `/v1/responses`, so the gateway's pass-through and
 translated paths meet the same bytes a vLLM or hosted API would send. Replies come from `script` (first in,
-first out), then `default`; failures (429 with Retry-After, 500, a hang, a disconnect) are scripted the same way.
+first out), then `default`; failures (429 with Retry-After, 500, a hang, a disconnect) are scripted the same way,
+and so are wire details real servers show: extra headers, CRLF line ends, events split across TCP segments.
 Used by tests/gateway and by benchmarks/perf/gateway.py (imported by path).
 """
 
@@ -31,12 +32,19 @@ class Reply:
     """Seconds between streamed events (0: written back to back)."""
     delay: float = 0.0
     """Seconds before answering at all (a slow upstream)."""
+    split_events: bool = False
+    """Write each streamed event in two halves, a moment apart, so they arrive in separate reads."""
+    crlf: bool = False
+    """End streamed lines with CRLF, as SSE allows."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra response headers (request ids, rate limits)."""
 
 
 @dataclass
 class Fail:
     status: int = 500
     retry_after: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,19 +169,33 @@ class FakeUpstream:
     @staticmethod
     def _fail(step: Fail, payload: dict[str, Any]) -> web.Response:
         headers = {"Retry-After": str(step.retry_after)} if step.retry_after is not None else {}
-        return web.json_response(payload, status=step.status, headers=headers, dumps=lambda v: orjson.dumps(v).decode())
+        return web.json_response(
+            payload, status=step.status, headers=headers | step.headers, dumps=lambda v: orjson.dumps(v).decode()
+        )
+
+    @staticmethod
+    def _json(payload: dict[str, Any], step: Reply | Disconnect) -> web.Response:
+        headers = step.headers if isinstance(step, Reply) else {}
+        return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
 
     async def _stream(self, request: web.Request, events: list[bytes], step: Reply | Disconnect) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        reply = step if isinstance(step, Reply) else Reply()
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **reply.headers}
+        resp = web.StreamResponse(headers=headers)
         await resp.prepare(request)
-        delay = step.chunk_delay if isinstance(step, Reply) else 0.0
         for i, event in enumerate(events):
             if isinstance(step, Disconnect) and i == step.after_chunks:
                 request.transport.close()  # type: ignore[union-attr]
                 return resp
+            if reply.crlf:
+                event = event.replace(b"\n", b"\r\n")
+            if reply.split_events:
+                await resp.write(event[: len(event) // 2])
+                await asyncio.sleep(0.02)  # its own TCP segment, so its own read at the gateway
+                event = event[len(event) // 2 :]
             await resp.write(event)
-            if delay:
-                await asyncio.sleep(delay)
+            if reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
         await resp.write_eof()
         return resp
 
@@ -208,18 +230,16 @@ class FakeUpstream:
             message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
             if calls:
                 message["tool_calls"] = calls
-            return web.Response(
-                body=orjson.dumps(
-                    {
-                        "id": cid,
-                        "object": "chat.completion",
-                        "created": created,
-                        "model": model,
-                        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-                        "usage": usage,
-                    }
-                ),
-                content_type="application/json",
+            return self._json(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+                    "usage": usage,
+                },
+                step,
             )
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
@@ -292,7 +312,7 @@ class FakeUpstream:
             "usage": {"input_tokens": usage_in, "output_tokens": usage_out},
         }
         if not body.get("stream"):
-            return web.Response(body=orjson.dumps(message), content_type="application/json")
+            return self._json(message, step)
         events = [
             _sse(
                 {
@@ -391,7 +411,7 @@ class FakeUpstream:
             },
         }
         if not body.get("stream"):
-            return web.Response(body=orjson.dumps(response), content_type="application/json")
+            return self._json(response, step)
         seq = itertools.count()
         events = [
             _sse(

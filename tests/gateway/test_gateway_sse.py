@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from evalkit.gateway.protocols import (
-    has_usage_only_event,
-    reassemble,
-    split_usage_events,
-    sse_data,
-    usage_of,
-)
+from evalkit.gateway.protocols import UsageWithholder, reassemble, sse_data, usage_of
 
 
 def chunk(delta: dict, finish: str | None = None) -> bytes:
@@ -128,15 +122,30 @@ def test_anthropic_stream_reassembles_blocks_and_usage():
     assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == (25, 20, 9)
 
 
-def test_usage_event_is_withheld_only_when_whole():
-    whole = chunk({}, "stop") + USAGE + b"data: [DONE]\n\n"
-    kept, withheld = split_usage_events(whole)
-    assert kept == chunk({}, "stop") + b"data: [DONE]\n\n" and withheld == USAGE
-    assert usage_of(reassemble("openai_chat", withheld)).input_tokens == 7
-    head = USAGE[:40]
-    assert has_usage_only_event(head)
-    assert split_usage_events(head) == (head, b"")  # split across reads: forwarded untouched, never corrupted
-    assert split_usage_events(chunk({"content": "choices:[]"})) == (chunk({"content": "choices:[]"}), b"")
+def relay(withholder: UsageWithholder, reads: list[bytes]) -> bytes:
+    return b"".join(withholder.feed(read) for read in reads) + withholder.flush()
+
+
+def test_usage_event_is_withheld_however_the_reads_split_it():
+    stream = chunk({"content": "hi"}) + chunk({}, "stop") + USAGE + b"data: [DONE]\n\n"
+    expected = chunk({"content": "hi"}) + chunk({}, "stop") + b"data: [DONE]\n\n"
+    for line_end in (b"\n", b"\r\n", b"\r"):
+        wire = stream.replace(b"\n", line_end)
+        for cut in range(1, len(wire)):
+            for reads in ([wire[:cut], wire[cut:]], [wire[:cut], wire[cut : cut + 7], wire[cut + 7 :]]):
+                withholder = UsageWithholder()
+                assert relay(withholder, reads) == expected, (line_end, cut)
+                assert b"".join(withholder.withheld) == USAGE
+                assert usage_of(reassemble("openai_chat", b"".join(withholder.withheld))).input_tokens == 7
+
+
+def test_withholding_forwards_whole_events_as_soon_as_they_are_complete():
+    withholder = UsageWithholder()
+    first = chunk({"content": "a"})
+    assert withholder.feed(first + first[:10]) == first  # the half event waits for the rest
+    assert withholder.feed(first[10:]) == first
+    assert withholder.feed(chunk({"content": "choices:[]"})) == chunk({"content": "choices:[]"})  # text, not usage
+    assert withholder.flush() == b"" and withholder.withheld == []
 
 
 def test_streams_off_the_protocol_do_not_raise():
