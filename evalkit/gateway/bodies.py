@@ -152,7 +152,7 @@ def malformed(protocol: Protocol, body: dict[str, Any]) -> str | None:
             return f"messages.{i}.content: Field required"
         if content is not None and not isinstance(content, str | list):
             return f"messages.{i}.content: Input should be a valid string or a list of content blocks"
-        if isinstance(content, list) and not all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in content):
+        if isinstance(content, list) and not all(_is_block(block) for block in content):
             return f"messages.{i}.content: each content block needs a `type`"
     if protocol == "anthropic_messages" and "max_tokens" not in body:
         return "max_tokens: Field required"
@@ -177,3 +177,7 @@ def malformed(protocol: Protocol, body: dict[str, Any]) -> str | None:
         if anthropic and name in body and not isinstance(body[name], dict):
             return f"{name}: Input should be a valid dictionary"
     return None
+
+
+def _is_block(block: Any) -> bool:
+    return isinstance(block, dict) and isinstance(block.get("type"), str)

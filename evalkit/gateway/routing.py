@@ -185,7 +185,8 @@ class DeploymentPool:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 error = exc
             except BaseException as exc:  # cancelled (agent gone, trial closed) or a bug: keep the record
-                attempts.append(_attempt(deployment, None, "cancelled" if isinstance(exc, asyncio.CancelledError) else _describe(exc), started))
+                why = "cancelled" if isinstance(exc, asyncio.CancelledError) else _describe(exc)
+                attempts.append(_attempt(deployment, None, why, started))
                 self.release(deployment)
                 raise
             attempts.append(_attempt(deployment, reply.status if reply else None, error and _describe(error), started))

@@ -189,7 +189,9 @@ class Front:
 
     # --------------------------------------------------------------------------------------- model calls
 
-    async def _model_call(self, request: web.BaseRequest, bound: Trial | None, protocol: Protocol) -> web.StreamResponse:
+    async def _model_call(
+        self, request: web.BaseRequest, bound: Trial | None, protocol: Protocol
+    ) -> web.StreamResponse:
         trial = self._trial_of(request, bound)
         if trial is None:
             return await self._reject(request, protocol, bound)

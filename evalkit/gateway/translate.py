@@ -119,9 +119,8 @@ async def translate(
         if not isinstance(status, int):
             if isinstance(exc, ValueError | TypeError | LookupError | AttributeError):
                 # LiteLLM could not translate this body: resending it cannot help, so not a 5xx.
-                return Reply(
-                    400, error_body(protocol, 400, f"the request could not be translated: {message}"), route="translated"
-                )
+                problem = f"the request could not be translated: {message}"
+                return Reply(400, error_body(protocol, 400, problem), route="translated")
             raise  # a bug, not an upstream answer: the server reports it as a gateway error
         upstream_headers = getattr(exc, "litellm_response_headers", None) or {}
         headers = forwarded_headers(upstream_headers)
@@ -149,7 +148,9 @@ def _transport_failure(exc: BaseException, secrets: list[str]) -> OSError | Time
         seen.add(id(cause))
         if isinstance(cause, httpx.TimeoutException | aiohttp.ServerTimeoutError | TimeoutError):
             return TimeoutError("upstream timed out")
-        if isinstance(cause, httpx.TransportError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError):
+        if isinstance(cause, httpx.TransportError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+            return ConnectionError(redact(f"{type(cause).__name__}: {cause}", secrets))
+        if isinstance(cause, OSError):
             return ConnectionError(redact(f"{type(cause).__name__}: {cause}", secrets))
         cause = cause.__cause__ or cause.__context__
     return None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fake_upstream import FakeUpstream
+from gateway_testing import anthropic_config
 
 from evalkit.gateway import Gateway, LLMApiConfig, TrialAccess
 
@@ -18,6 +19,13 @@ GatewayFactory = Callable[..., contextlib.AbstractAsyncContextManager[Gateway]]
 async def upstream() -> AsyncIterator[FakeUpstream]:
     async with FakeUpstream("up0") as server:
         yield server
+
+
+@pytest.fixture
+def anthropic_mode(upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> LLMApiConfig:
+    """Mode A: the fake plays api.anthropic.com; Anthropic clients pass through, OpenAI clients are translated."""
+    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-upstream-secret")
+    return anthropic_config(upstream)
 
 
 @pytest.fixture

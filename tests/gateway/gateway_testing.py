@@ -22,6 +22,13 @@ def vllm_config(*upstreams: FakeUpstream, **settings: Any) -> LLMApiConfig:
     return LLMApiConfig(model=MODEL, deployments=deployments, **settings)
 
 
+def anthropic_config(upstream: FakeUpstream, **settings: Any) -> LLMApiConfig:
+    """Mode A with a provider whose native protocol is Anthropic's (the fake plays api.anthropic.com); the key
+    is read from FAKE_ANTHROPIC_KEY, which the caller sets."""
+    deployment = {"model": "anthropic/claude-test", "api_base": upstream.root, "api_key_env": "FAKE_ANTHROPIC_KEY"}
+    return LLMApiConfig(model=MODEL, deployments=[deployment], **settings)
+
+
 def read_trajectory(path: Path) -> list[dict[str, Any]]:
     """Every line must be one complete JSON object."""
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]

@@ -83,16 +83,6 @@ def keyed_vllm(upstream, monkeypatch) -> LLMApiConfig:
     )
 
 
-@pytest.fixture
-def anthropic_mode(upstream, monkeypatch) -> LLMApiConfig:
-    """Mode A: Anthropic clients pass through, OpenAI clients are translated (LiteLLM)."""
-    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-upstream-secret")
-    return LLMApiConfig(
-        model=MODEL,
-        deployments=[{"model": "anthropic/claude-test", "api_base": upstream.root, "api_key_env": "FAKE_ANTHROPIC_KEY"}],
-    )
-
-
 async def refused_on_every_path(gw, access, field: str, value: object) -> list[str]:
     """Send `field` from both SDKs, streaming and not; every call must be a 400 naming it. Returns the texts."""
     texts = []

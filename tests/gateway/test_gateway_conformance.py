@@ -11,7 +11,15 @@ import httpx
 import openai
 import pytest
 from fake_upstream import Fail, Hang, Reply
-from gateway_testing import MODEL, admin_health, anthropic_client, openai_client, read_trajectory, vllm_config
+from gateway_testing import (
+    MODEL,
+    admin_health,
+    anthropic_client,
+    anthropic_config,
+    openai_client,
+    read_trajectory,
+    vllm_config,
+)
 
 from evalkit.gateway import LLMApiConfig
 
@@ -29,7 +37,7 @@ RATE_HEADERS = {
 FORWARDED = {k: v for k, v in RATE_HEADERS.items() if k not in ("openai-organization", "x-upstream-internal")}
 
 
-@pytest.mark.parametrize("wire", ["split", "split+crlf", "crlf"])
+@pytest.mark.parametrize("wire", ["whole", "split", "split+crlf", "crlf"])
 async def test_withheld_usage_never_reaches_a_client_that_did_not_ask(upstream, serve, open_trial, trajectory, wire):
     upstream.default = Reply(
         text="Hello there, agent.", chunks=4, split_events="split" in wire, crlf="crlf" in wire
@@ -56,6 +64,7 @@ async def test_withheld_usage_never_reaches_a_client_that_did_not_ask(upstream, 
     assert first["usage"]["output_tokens"] > 0 and first["response"]["choices"][0]["message"]["content"] == (
         "Hello there, agent."
     )
+    assert second["response"]["usage"]["total_tokens"] == asked_chunks[-1].usage.total_tokens
     assert usage.output_tokens == first["usage"]["output_tokens"] + second["usage"]["output_tokens"]
 
 
@@ -84,12 +93,7 @@ async def test_retry_and_rate_limit_headers_reach_openai_clients(upstream, serve
 
 async def test_rate_limit_headers_reach_anthropic_clients_on_both_paths(upstream, serve, open_trial, monkeypatch):
     monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant")
-    native = LLMApiConfig(
-        model=MODEL,
-        deployments=[{"model": "anthropic/claude-test", "api_base": upstream.root, "api_key_env": "FAKE_ANTHROPIC_KEY"}],
-        max_retries=0,
-        cooldown_sec=0,
-    )
+    native = anthropic_config(upstream, max_retries=0, cooldown_sec=0)
     translated = vllm_config(upstream, max_retries=0, cooldown_sec=0)
     for config in (native, translated):
         upstream.script = [Fail(429, retry_after=7, headers=RATE_HEADERS)]
@@ -155,8 +159,14 @@ async def test_gateway_timeout_is_504_with_retry_after(upstream, serve, open_tri
             "messages.0.role: Input should be 'user' or 'assistant'",
         ),
         ({"messages": [{"role": "user"}], "max_tokens": 5}, "messages.0.content: Field required"),
-        ({"messages": [{"role": "user", "content": [1]}], "max_tokens": 5}, "messages.0.content: each content block needs a `type`"),
-        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "x"}, "max_tokens: Input should be a positive integer"),
+        (
+            {"messages": [{"role": "user", "content": [1]}], "max_tokens": 5},
+            "messages.0.content: each content block needs a `type`",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": "x"},
+            "max_tokens: Input should be a positive integer",
+        ),
         (
             {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "system": 3},
             "system: Input should be a valid string or a list of text blocks",
@@ -180,16 +190,11 @@ async def test_malformed_anthropic_bodies_get_a_400_in_anthropics_shape(
     assert line["status"] == 400 and line["route"] == "translated"
 
 
-async def test_malformed_openai_body_on_the_translated_path_is_a_400(upstream, serve, open_trial, monkeypatch):
-    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant")
-    config = LLMApiConfig(
-        model=MODEL,
-        deployments=[{"model": "anthropic/claude-test", "api_base": upstream.root, "api_key_env": "FAKE_ANTHROPIC_KEY"}],
-    )
-    async with serve(config) as gw, openai_client(await open_trial(gw, "t1")) as client:
+async def test_malformed_openai_body_on_the_translated_path_is_a_400(upstream, anthropic_mode, serve, open_trial):
+    async with serve(anthropic_mode) as gw, openai_client(await open_trial(gw, "t1")) as client:
         with pytest.raises(openai.BadRequestError, match="messages: at least one message is required"):
             await client.chat.completions.create(model=MODEL, messages=[])
-        with pytest.raises(openai.BadRequestError, match="messages.0.role: Input should be 'system' or 'developer'"):
+        with pytest.raises(openai.BadRequestError, match=r"messages\.0\.role: Input should be 'system' or 'developer'"):
             await client.chat.completions.create(model=MODEL, messages=[{"content": "no role"}])
     assert upstream.received == []
 

@@ -82,21 +82,6 @@ async def test_openai_chat_streaming_reassembled_and_usage_withheld(upstream, se
     assert line["timing"]["first_byte"] is not None
 
 
-async def test_openai_stream_usage_reaches_the_agent_who_asks(upstream, serve, open_trial, trajectory):
-    async with serve(vllm_config(upstream)) as gw:
-        async with openai_client(await open_trial(gw, "t1")) as client:
-            stream = await client.chat.completions.create(
-                model=MODEL,
-                messages=[{"role": "user", "content": "hi"}],
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            chunks = [chunk async for chunk in stream]
-    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
-    [line] = read_trajectory(trajectory("t1"))
-    assert line["response"]["usage"]["total_tokens"] == chunks[-1].usage.total_tokens
-
-
 async def test_anthropic_client_translated_to_openai_upstream(upstream, serve, open_trial, trajectory):
     upstream.script = [Reply(text="Let me look.", tool_calls=[TOOL_CALL])]
     async with serve(vllm_config(upstream)) as gw:
@@ -150,23 +135,11 @@ async def test_anthropic_client_translated_streaming(upstream, serve, open_trial
     assert line["usage"]["output_tokens"] == final.usage.output_tokens > 0
 
 
-@pytest.fixture
-def anthropic_upstream_config(upstream, monkeypatch) -> LLMApiConfig:
-    """Mode A with a provider whose native protocol is Anthropic's (the fake plays api.anthropic.com)."""
-    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-upstream-secret")
-    return LLMApiConfig(
-        model=MODEL,
-        deployments=[
-            {"model": "anthropic/claude-test", "api_base": upstream.root, "api_key_env": "FAKE_ANTHROPIC_KEY"}
-        ],
-    )
-
-
 async def test_anthropic_passthrough_to_anthropic_upstream(
-    upstream, anthropic_upstream_config, serve, open_trial, trajectory
+    upstream, anthropic_mode, serve, open_trial, trajectory
 ):
     upstream.default = Reply(text="Native answer.", tool_calls=[TOOL_CALL], chunks=3)
-    async with serve(anthropic_upstream_config) as gw:
+    async with serve(anthropic_mode) as gw:
         access = await open_trial(gw, "t1")
         async with anthropic_client(access) as client:
             message = await client.messages.create(
@@ -192,10 +165,10 @@ async def test_anthropic_passthrough_to_anthropic_upstream(
 
 
 async def test_openai_client_translated_to_anthropic_upstream(
-    upstream, anthropic_upstream_config, serve, open_trial, trajectory
+    upstream, anthropic_mode, serve, open_trial, trajectory
 ):
     upstream.default = Reply(text="Via LiteLLM.", tool_calls=[TOOL_CALL], chunks=2)
-    async with serve(anthropic_upstream_config) as gw:
+    async with serve(anthropic_mode) as gw:
         async with openai_client(await open_trial(gw, "t1")) as client:
             completion = await client.chat.completions.create(
                 model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "hi"}]

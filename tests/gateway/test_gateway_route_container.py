@@ -19,7 +19,8 @@ PROBE = r"""
 use strict; use IO::Socket::UNIX; use IO::Socket::INET; use Socket;
 sub ask {
     my ($key) = @_;
-    my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => "$ENV{ROUTE}/$ENV{SOCKET}") or return "connect failed: $!";
+    my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => "$ENV{ROUTE}/$ENV{SOCKET}")
+        or return "connect failed: $!";
     my $body = '{"model":"smollm2","messages":[{"role":"user","content":"hi"}]}';
     print $s "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer $key\r\n"
         . "Content-Type: application/json\r\nContent-Length: " . length($body) . "\r\nConnection: close\r\n\r\n$body";

@@ -59,7 +59,8 @@ async def test_a_socket_speaks_for_its_own_trial_only(upstream, serve, open_tria
             other_health = (await http.get("/health", headers=bearer(b.api_key))).json()
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "over the socket"
     assert events[-1] == "data: [DONE]" and len(events) >= 4
-    for refused, reason in ((other, "not this route's key"), (admin, "not this route's key"), (anonymous, "missing key")):
+    refusals = ((other, "not this route's key"), (admin, "not this route's key"), (anonymous, "missing key"))
+    for refused, reason in refusals:
         assert refused.status_code == 401
         assert refused.json()["error"]["message"] == f"{reason}: use the key evalkit gave this trial"
     assert bare == other_health == {"status": "ok"}

@@ -49,9 +49,12 @@ async def test_anything_already_at_the_trajectory_path_is_refused(upstream, serv
     victim.write_text("important\n")
     path = tmp_path / "try" / "agent" / "litellm-trajectory.jsonl"
     path.parent.mkdir(parents=True)
-    {"symlink": lambda: path.symlink_to(victim), "file": lambda: path.write_text("x\n"), "fifo": lambda: os.mkfifo(path)}[
-        plant
-    ]()
+    if plant == "symlink":
+        path.symlink_to(victim)
+    elif plant == "file":
+        path.write_text("x\n")
+    else:
+        os.mkfifo(path)
     async with serve(vllm_config(upstream)) as gw:
         with pytest.raises(InfrastructureError) as caught:
             await asyncio.wait_for(gw.open_trial("t1", path), 10)  # a FIFO must not hang the open
@@ -71,7 +74,8 @@ async def test_a_deleted_trajectory_is_recreated_with_every_line(upstream, serve
     lines = read_trajectory(trajectory("t1"))
     assert [line["request"]["messages"][0]["content"] for line in lines] == ["first", "after 0", "after 1", "after 2"]
     assert usage.n_calls == 4
-    assert usage.trajectory_error == f"{trajectory('t1')} was deleted during the trial; it was recreated with every line"
+    recreated = f"{trajectory('t1')} was deleted during the trial; it was recreated with every line"
+    assert usage.trajectory_error == recreated
     assert [r.getMessage() for r in caplog.records if r.name == "evalkit.gateway"] == [
         f"trajectory: {usage.trajectory_error}"
     ]
