@@ -8,6 +8,7 @@ concurrency it measures requests/s, latency and CPU per request of
   (a) direct      — an aiohttp client straight to the upstream: the floor;
   (b) router      — `litellm.Router.acompletion` in this process (what most harnesses do);
   (c) passthrough — the gateway, OpenAI chat client to an OpenAI-compatible upstream;
+  (c') passthrough_socket — the same over each trial's own Unix socket (the route containers use);
   (d) translated  — the gateway, Anthropic client to the same OpenAI-only upstream (through LiteLLM);
 then CPU per streamed chunk: the slope between short and long streams, with events sent back to back
 ("burst") and paced 2 ms apart so that each event is its own network read and write ("paced").
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -87,11 +89,12 @@ def run_gateway(upstream_url: str, n_trials: int, workdir: str) -> None:
         )
         root = Path(workdir)
         async with Gateway.serve(config, job_name="perf", artifacts_dir=root / "artifacts") as gateway:
-            keys = [
-                gateway.open_trial(f"t{i}", root / f"t{i}" / "agent" / "litellm-trajectory.jsonl").api_key
+            trials = [
+                await gateway.open_trial(f"t{i}", root / f"t{i}" / "agent" / "litellm-trajectory.jsonl")
                 for i in range(n_trials)
             ]
-            print(json.dumps({"url": gateway.url, "keys": keys}), flush=True)
+            keys, sockets = [t.api_key for t in trials], [str(t.socket_path) for t in trials]
+            print(json.dumps({"url": gateway.url, "keys": keys, "sockets": sockets}), flush=True)
             await wait_for_signal()
 
     uvloop.run(main())
@@ -203,6 +206,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def senders(
     session: aiohttp.ClientSession,
+    socket_sessions: list[aiohttp.ClientSession],
     router: Any,
     upstream_url: str,
     gateway: dict[str, Any],
@@ -221,8 +225,8 @@ def senders(
     body = orjson.dumps(request)  # the same bytes are a valid OpenAI chat and Anthropic messages request
     keys = gateway["keys"]
 
-    async def http(url: str, headers: dict[str, str]) -> int:
-        async with session.post(url, data=body, headers=headers) as resp:
+    async def http(url: str, headers: dict[str, str], via: aiohttp.ClientSession = session) -> int:
+        async with via.post(url, data=body, headers=headers) as resp:
             n = 0
             async for _ in resp.content.iter_any():
                 n += 1
@@ -249,6 +253,13 @@ def senders(
             {"Content-Type": "application/json", "Authorization": f"Bearer {keys[i]}"},
         )
 
+    async def passthrough_socket(i: int) -> int:
+        return await http(
+            "http://gateway/v1/chat/completions",
+            {"Content-Type": "application/json", "Authorization": f"Bearer {keys[i]}"},
+            socket_sessions[i],
+        )
+
     async def translated(i: int) -> int:
         return await http(
             gateway["url"] + "/v1/messages",
@@ -256,7 +267,8 @@ def senders(
         )
 
     # In this order, so that each round measures the floor and the gateway back to back.
-    return {"direct": direct, "passthrough": passthrough, "router": via_router, "translated": translated}
+    variants = {"direct": direct, "passthrough": passthrough, "passthrough_socket": passthrough_socket}
+    return variants | {"router": via_router, "translated": translated}
 
 
 async def measure(args: argparse.Namespace, upstream: Child, gateway: Child) -> dict[str, Any]:
@@ -272,11 +284,17 @@ async def measure(args: argparse.Namespace, upstream: Child, gateway: Child) -> 
         "direct": time.process_time,
         "router": time.process_time,
         "passthrough": gateway.cpu_sec,
+        "passthrough_socket": gateway.cpu_sec,
         "translated": gateway.cpu_sec,
     }
     result: dict[str, Any] = {"requests": {}, "streaming": {}}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        variants = senders(session, router, upstream.info["url"], gateway.info, 16, stream=False)
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+        socket_sessions = [
+            await stack.enter_async_context(aiohttp.ClientSession(connector=aiohttp.UnixConnector(path, limit=0)))
+            for path in gateway.info["sockets"]
+        ]
+        variants = senders(session, socket_sessions, router, upstream.info["url"], gateway.info, 16, stream=False)
         for i, send in enumerate(variants.values()):  # first calls pay one-time costs (LiteLLM's lazy imports)
             for _ in range(3):
                 await send(i)
@@ -299,15 +317,25 @@ async def measure(args: argparse.Namespace, upstream: Child, gateway: Child) -> 
             runs["passthrough"]["cpu_over_floor_by_round"] = [round(x, 2) for x in by_round]
             ratios = [p / r for p, r in zip(rps["passthrough"], rps["router"], strict=True)]
             runs["passthrough"]["rps_over_router"] = round(statistics.median(ratios), 1)
+            over_tcp = {
+                "cpu_over_tcp": [s / p for s, p in zip(cpu["passthrough_socket"], cpu["passthrough"], strict=True)],
+                "rps_over_tcp": [s / p for s, p in zip(rps["passthrough_socket"], rps["passthrough"], strict=True)],
+            }
+            runs["passthrough_socket"].update({k: round(statistics.median(v), 2) for k, v in over_tcp.items()})
             result["requests"][f"c{concurrency}"] = runs
         short, long = args.stream_chunks
         for mode in ("burst", "paced"):
             per_length = {
-                n: senders(session, router, upstream.info["url"], gateway.info, n, stream=True, paced=mode == "paced")
+                n: senders(
+                    session, socket_sessions, router, upstream.info["url"], gateway.info, n, stream=True,
+                    paced=mode == "paced",
+                )
                 for n in (short, long)
-            }
+            }  # fmt: skip
             result["streaming"][mode] = {}
             for name in per_length[short]:
+                if name == "passthrough_socket":  # the socket is measured per request above
+                    continue
                 runs = {}
                 for n in (short, long):
                     await settle(time.process_time, gateway.cpu_sec)

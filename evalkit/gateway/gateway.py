@@ -132,7 +132,7 @@ class Gateway:
             auto_decompress=False,
         )
         # Texts that must not reach agents or files: upstream keys, and upstream addresses (no map for a bypass).
-        secrets = [k for k in keys if k] + [a for d in config.deployments if (a := _address(d.api_base))]
+        secrets = [k for k in keys if k] + [a for d in config.deployments for a in _addresses(d.api_base)]
         gateway = cls(config, job_dir, DeploymentPool(deployments, config), session, secrets, routes)
         runner = web.ServerRunner(
             web.Server(gateway._front.handle, handler_cancellation=True, access_log=None),
@@ -230,9 +230,9 @@ class Gateway:
         return usage
 
 
-def _address(api_base: str | None) -> str | None:
-    """`host:port` of an upstream URL, as connection errors quote it."""
+def _addresses(api_base: str | None) -> list[str]:
+    """How error texts quote a configured upstream: `host:port`, then the host alone."""
     if not api_base:
-        return None
-    netloc = urllib.parse.urlsplit(without_credentials(api_base)).netloc
-    return netloc if ":" in netloc else None
+        return []
+    parts = urllib.parse.urlsplit(without_credentials(api_base))
+    return [text for text in (parts.netloc, parts.hostname) if text]

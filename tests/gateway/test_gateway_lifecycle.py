@@ -9,11 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import openai
 import pytest
 import yaml
 from fake_upstream import Fail, FakeUpstream, Hang, Reply
-from gateway_testing import MODEL, anthropic_client, openai_client, read_trajectory
+from gateway_testing import MODEL, admin_health, anthropic_client, openai_client, read_trajectory
 
 from evalkit.errors import ConfigError
 from evalkit.gateway import Gateway, LLMApiConfig
@@ -58,11 +59,32 @@ async def test_upstream_key_is_used_upstream_and_written_nowhere(
     assert any(p.name == "litellm-trajectory.jsonl" for p in files)
     for path in files:
         text = path.read_text()
-        assert SECRET not in text and access.api_key not in text, path
+        assert SECRET not in text and access.api_key not in text and gw.admin_key not in text, path
     router = yaml.safe_load((artifacts / "litellm" / "job" / "router.yaml").read_text())
     params = router["model_list"][0]["litellm_params"]
     assert params["api_key"] == "os.environ/FAKE_VLLM_KEY" and params["api_base"] == upstream.url
     assert router["evalkit"]["url"] == gw.url
+
+
+async def test_health_shows_no_map_without_the_admin_key(upstream, keyed_config, serve, open_trial):
+    """No key: a bare status. A trial's key: health per deployment, but no names, addresses or counts (every
+    agent holds one). Names and counts only with the gateway's admin key, which no trial is given."""
+    async with serve(keyed_config) as gw, aiohttp.ClientSession() as session:
+        access = await open_trial(gw, "t1")
+        views = []
+        for headers in ({}, {"Authorization": f"Bearer {access.api_key}"}, {"x-api-key": "ek-made-up"}):
+            async with session.get(gw.url + "/health", headers=headers) as resp:
+                views.append((resp.status, await resp.text()))
+        admin = await admin_health(gw)
+    bare, trial, unknown = views
+    assert bare == unknown == (200, '{"status":"ok"}')
+    assert trial == (200, '{"status":"ok","model":"smollm2","deployments":[{"healthy":true,"cooldown_sec":0.0}]}')
+    assert str(upstream.port) not in bare[1] + trial[1] and gw.admin_key not in access.model_dump_json()
+    assert admin["deployments"] == [
+        {"healthy": True, "cooldown_sec": 0.0, "name": f"hosted_vllm/{MODEL}@{upstream.url}", "in_flight": 0,
+         "pinned_trials": 0}
+    ]  # fmt: skip
+    assert admin["open_trials"] == 1
 
 
 async def test_usage_and_cost_are_summed_per_trial(upstream, keyed_config, serve, open_trial, trajectory):
