@@ -109,7 +109,7 @@ def is_retryable(status: int) -> bool:
 
 def retry_after_of(headers: Mapping[str, str]) -> float | None:
     """How long the upstream asks us to wait: `retry-after-ms` (OpenAI, Anthropic) or `Retry-After`."""
-    lower = {k.lower(): v for k, v in headers.items() if k[:1] in "rR"}
+    lower = {k.lower(): v for k, v in headers.items()}
     if (ms := lower.get("retry-after-ms")) is not None:
         try:
             return max(0.0, float(ms) / 1000)
