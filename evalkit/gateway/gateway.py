@@ -133,6 +133,7 @@ class Gateway:
         )
         # Texts that must not reach agents or files: upstream keys, and upstream addresses (no map for a bypass).
         secrets = [k for k in keys if k] + [a for d in config.deployments for a in _addresses(d.api_base)]
+        secrets.sort(key=len, reverse=True)  # a longer text first, before a part of it is replaced
         gateway = cls(config, job_dir, DeploymentPool(deployments, config), session, secrets, routes)
         runner = web.ServerRunner(
             web.Server(gateway._front.handle, handler_cancellation=True, access_log=None),
@@ -231,8 +232,9 @@ class Gateway:
 
 
 def _addresses(api_base: str | None) -> list[str]:
-    """How error texts quote a configured upstream: `host:port`, then the host alone."""
+    """How error texts may quote a configured upstream: `user:password@host:port`, `host:port`, the host, the
+    password."""
     if not api_base:
         return []
-    parts = urllib.parse.urlsplit(without_credentials(api_base))
-    return [text for text in (parts.netloc, parts.hostname) if text]
+    raw, clean = urllib.parse.urlsplit(api_base), urllib.parse.urlsplit(without_credentials(api_base))
+    return [text for text in (raw.netloc, clean.netloc, clean.hostname, raw.password) if text]
