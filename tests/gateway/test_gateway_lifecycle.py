@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import anthropic
 import openai
 import pytest
 import yaml
@@ -85,6 +86,34 @@ async def test_health_shows_no_map_without_the_admin_key(upstream, keyed_config,
          "pinned_trials": 0}
     ]  # fmt: skip
     assert admin["open_trials"] == 1
+
+
+async def test_upstream_address_reaches_no_agent_and_url_credentials_no_file(serve, open_trial, tmp_path):
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()  # a dead upstream: its connection errors quote its address
+    config = LLMApiConfig(
+        model=MODEL,
+        deployments=[{"model": f"hosted_vllm/{MODEL}", "api_base": f"http://evalkit:pw-0123@127.0.0.1:{port}/v1"}],
+        max_retries=0,
+    )
+    async with serve(config) as gw:
+        access = await open_trial(gw, "t1")
+        async with openai_client(access) as client:
+            with pytest.raises(openai.APIStatusError) as from_openai:
+                await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        async with anthropic_client(access) as client:
+            with pytest.raises(anthropic.APIStatusError) as from_anthropic:
+                await client.messages.create(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+        usage = await gw.close_trial(access.api_key)
+    told = [str(from_openai.value), str(from_anthropic.value)]
+    files = [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]
+    assert usage.n_errors == 2 and any("upstream unavailable: ClientConnectorError" in text for text in files)
+    for text in told:  # the host's files may name the deployment (its label); an agent learns nothing of it
+        assert "pw-0123" not in text and str(port) not in text and "127.0.0.1" not in text, text
+    for text in files:
+        assert "pw-0123" not in text, text
 
 
 async def test_usage_and_cost_are_summed_per_trial(upstream, keyed_config, serve, open_trial, trajectory):
