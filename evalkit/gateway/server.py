@@ -256,7 +256,9 @@ class Front:
             return await self._relay(request, call, reply, protocol)
         finally:
             if reply.close is not None:
-                await reply.close()
+                # Releasing the upstream side must not fail the call: its answer may already be out.
+                with contextlib.suppress(Exception):
+                    await reply.close()
             self._pool.release(reply.deployment)
 
     async def _attempt(
