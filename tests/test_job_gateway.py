@@ -17,6 +17,7 @@ from tests.gateway.fake_upstream import FakeUpstream
 pytestmark = pytest.mark.docker
 
 seen_keys: list[str] = []
+seen_sockets: list[Path] = []
 
 
 class ProbeAgent:
@@ -29,6 +30,7 @@ class ProbeAgent:
 
     async def run(self, task, env, *, model, timeout_sec) -> AgentResult:
         seen_keys.append(model.api_key)
+        seen_sockets.append(model.socket_path)
         client = openai.AsyncOpenAI(base_url=model.base_url, api_key=model.api_key, max_retries=0)
         for _ in range(2):
             reply = await client.chat.completions.create(
@@ -43,6 +45,7 @@ async def test_trials_reach_the_model_through_the_job_gateway(tmp_path: Path):
     for name in ("a", "b"):
         write_task(tmp_path / "tasks", name)
     seen_keys.clear()
+    seen_sockets.clear()
     async with FakeUpstream("replica") as upstream:
         result = await evaluate(
             {
@@ -56,6 +59,7 @@ async def test_trials_reach_the_model_through_the_job_gateway(tmp_path: Path):
         )
     assert result.summary.mean_reward == 1.0
     assert len(set(seen_keys)) == 2  # a fresh key per trial
+    assert len(set(seen_sockets)) == 2 and not any(path.exists() for path in seen_sockets)  # a route each, removed
     for trial in result.trials:
         lines = (tmp_path / "artifacts" / "jobs" / "with-model" / trial.trial_name / "agent" / "litellm-trajectory.jsonl").read_bytes().splitlines()
         calls = [orjson.loads(line) for line in lines]
