@@ -50,9 +50,9 @@ class DeploymentConfig(StrictModel):
     max_in_flight: int | None = Field(default=None, ge=1)
     """Cap on calls in flight to this deployment (others wait for a slot); none means no cap."""
     protocols: list[Protocol] | None = None
-    """Protocols the upstream serves natively, taken by the pass-through path (no LiteLLM); default: inferred from the provider
-    prefix (vLLM and OpenAI: `openai_chat`; Anthropic: `anthropic_messages`). Add `anthropic_messages` for a
-    vLLM that serves `/v1/messages`."""
+    """Protocols the upstream serves natively, taken by the pass-through path (no LiteLLM); default: inferred
+    from the provider prefix (vLLM and OpenAI: `openai_chat`; Anthropic: `anthropic_messages`). Add
+    `anthropic_messages` for a vLLM that serves `/v1/messages`."""
     name: str | None = None
     """Label in trajectories and /health; default `model@api_base`."""
     stream_usage: bool = True
