@@ -140,6 +140,9 @@ async def translate(
     )
 
 
+_CONNECTION_FAILURES = (httpx.TransportError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
+
+
 def _transport_failure(exc: BaseException, secrets: list[str]) -> OSError | TimeoutError | None:
     """LiteLLM wraps a refused connection or a dropped one as a "500", a read timeout as a "408": find the cause."""
     seen: set[int] = set()
@@ -148,9 +151,7 @@ def _transport_failure(exc: BaseException, secrets: list[str]) -> OSError | Time
         seen.add(id(cause))
         if isinstance(cause, httpx.TimeoutException | aiohttp.ServerTimeoutError | TimeoutError):
             return TimeoutError("upstream timed out")
-        if isinstance(cause, httpx.TransportError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
-            return ConnectionError(redact(f"{type(cause).__name__}: {cause}", secrets))
-        if isinstance(cause, OSError):
+        if isinstance(cause, _CONNECTION_FAILURES):
             return ConnectionError(redact(f"{type(cause).__name__}: {cause}", secrets))
         cause = cause.__cause__ or cause.__context__
     return None
