@@ -186,7 +186,7 @@ async def test_job_llm_api_with_serve_reaches_the_model_through_the_gateway(tmp_
         }
         async with Gateway.serve(served, job_name=unique_name("model"), artifacts_dir=tmp_path) as gateway:
             trajectory = tmp_path / "trial" / "agent" / "litellm-trajectory.jsonl"
-            access = gateway.open_trial("t1", trajectory)
+            access = await gateway.open_trial("t1", trajectory)
             client = openai.AsyncOpenAI(base_url=access.base_url, api_key=access.api_key, max_retries=0)
             messages = [{"role": "user", "content": "Write one short sentence about the sea."}]
             reply = await client.chat.completions.create(model=access.model, messages=messages, max_tokens=24)

@@ -177,6 +177,16 @@ class UsageWithholder:
         return data
 
 
+def stream_finished(protocol: Protocol, sent: bytes, response: Any) -> bool:
+    """Whether the agent got its protocol's end of stream (`[DONE]`, `message_stop`, a final Responses status):
+    a hang-up after it, which SDKs do at once, ends a delivered call, not a broken one."""
+    if protocol == "openai_chat":
+        return b"[DONE]" in sent[-64:]
+    if protocol == "openai_responses":
+        return isinstance(response, dict) and response.get("status") in ("completed", "incomplete", "failed")
+    return b"message_stop" in sent[-128:]
+
+
 def sse_data(stream: bytes) -> list[Any]:
     """The JSON payloads of an SSE byte stream, in order (`[DONE]`, comments and broken events skipped)."""
     payloads = []

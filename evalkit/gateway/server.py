@@ -30,6 +30,7 @@ from evalkit.gateway.protocols import (
     error_body,
     error_event,
     reassemble,
+    stream_finished,
     usage_of,
 )
 from evalkit.gateway.routing import Deployment, DeploymentPool, Reply, UpstreamUnavailable
@@ -203,8 +204,9 @@ class Front:
             await self._writer.wait_for_room()  # the disk lags: new calls wait; calls in flight get their line
             return await self._serve(request, trial, call, protocol)
         except asyncio.CancelledError:
-            reason = "gateway stopped" if self.stopping else "trial closed" if trial.closed else "client disconnected"
-            call.error = call.error or reason
+            if not call.delivered:
+                reason = "gateway stopped" if self.stopping else "trial closed" if trial.closed else "client disconnected"
+                call.error = call.error or reason
             raise
         except Exception as exc:  # a bug, before any byte went out: still an error the agent's SDK can read
             message = redact(f"gateway error: {type(exc).__name__}: {exc}", self._secrets)
@@ -361,6 +363,8 @@ class Front:
             call.response = reassemble(protocol, data)
             if call.response is None and data:
                 call.response_raw = raw_text(data)
+            if stream_finished(protocol, data, call.response):  # what broke after the end broke nothing
+                call.delivered, call.error = True, None
             usage = usage_of(call.response)
             if usage is None and withholder is not None and withholder.withheld:
                 usage = usage_of(reassemble(protocol, b"".join(withholder.withheld)))

@@ -88,6 +88,9 @@ class Call:
     cost_usd: float | None = None
     first_byte: float | None = None
     end: float | None = None
+    delivered: bool = False
+    """The agent got the whole streamed answer; what ends the exchange after that (a hang-up, the trial's
+    close) is no error. Not part of the line."""
 
     def line(self) -> dict[str, Any]:
         return {

@@ -38,6 +38,8 @@ class Reply:
     """End streamed lines with CRLF, as SSE allows."""
     headers: dict[str, str] = field(default_factory=dict)
     """Extra response headers (request ids, rate limits)."""
+    end_delay: float = 0.0
+    """Seconds between the last event and the end of the response (vLLM ends its chunked body a moment later)."""
 
 
 @dataclass
@@ -196,6 +198,8 @@ class FakeUpstream:
             await resp.write(event)
             if reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
+        if reply.end_delay:
+            await asyncio.sleep(reply.end_delay)
         await resp.write_eof()
         return resp
 

@@ -163,3 +163,42 @@ async def test_upstream_disconnecting_mid_stream_gives_the_client_an_error(upstr
     assert lines[0]["error"].startswith("upstream broke off the stream: ClientPayloadError")
     assert "Response payload is not completed" in lines[1]["error"]  # LiteLLM's own error event, recorded
     assert usage.n_errors == 2
+
+
+
+@pytest.mark.parametrize("close", ["client hangs up", "trial closes"])
+async def test_a_delivered_stream_is_no_error_whatever_ends_the_exchange(
+    upstream, serve, open_trial, trajectory, close
+):
+    """SDKs drop the connection as soon as they read `[DONE]` / `message_stop`, and a trial may close then; the
+    upstream ends its body a moment later. The call was delivered whole: no error, usage counted."""
+    upstream.default = Reply(text="all of it", chunks=3, end_delay=5)
+    async with serve(vllm_config(upstream)) as gw:
+        access = await open_trial(gw, "t1")
+        for path, body, end in (
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, b"[DONE]"),
+            ("/v1/messages", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 9}, b"message_stop"),
+        ):
+            async with aiohttp.ClientSession() as session:
+                resp = await session.post(
+                    gw.url + path,
+                    json={"model": MODEL, "stream": True, **body},
+                    headers={"Authorization": f"Bearer {access.api_key}"},
+                )
+                received = b""
+                while end not in received:
+                    received += await resp.content.readany()
+                if close == "client hangs up":
+                    resp.close()
+                    for _ in range(250):  # the gateway notices and cancels its upstream request
+                        if upstream.aborted:
+                            break
+                        await asyncio.sleep(0.02)
+                    upstream.aborted = 0
+                else:
+                    usage = await asyncio.wait_for(gw.close_trial(access.api_key), 5)
+                    break
+        usage = await gw.close_trial(access.api_key)
+    lines = read_trajectory(trajectory("t1"))
+    assert [(line["status"], line["error"]) for line in lines] == [(200, None)] * len(lines)
+    assert usage.n_errors == 0 and all(line["usage"]["output_tokens"] > 0 for line in lines)
