@@ -205,8 +205,8 @@ class Front:
             return await self._serve(request, trial, call, protocol)
         except asyncio.CancelledError:
             if not call.delivered:
-                reason = "gateway stopped" if self.stopping else "trial closed" if trial.closed else "client disconnected"
-                call.error = call.error or reason
+                ended = "gateway stopped" if self.stopping else "trial closed" if trial.closed else None
+                call.error = call.error or ended or "client disconnected"
             raise
         except Exception as exc:  # a bug, before any byte went out: still an error the agent's SDK can read
             message = redact(f"gateway error: {type(exc).__name__}: {exc}", self._secrets)
