@@ -2,13 +2,18 @@
 
 Two families:
 - `EvalkitError` subclasses stop a command and map to an exit code (config vs infrastructure).
-- `TrialError` subclasses end or mark one trial; they are recorded in its `result.json` by class name
-  and never stop the job.
+- `TrialError` subclasses end or mark one try; they are recorded in its `result.json` by class name, with
+  a `kind` saying whose failure it was, and never stop the job.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar, Literal
+
+ErrorKind = Literal["infrastructure", "agent", "verifier", "task"]
+"""Whose failure: the machine's, the agent's, the verifier's, or the task's. Only `infrastructure` says
+nothing about the agent, so only it is retried by default."""
 
 
 class EvalkitError(Exception):
@@ -21,6 +26,10 @@ class ConfigError(EvalkitError):
     """Bad input from the user: a config file, a task directory, a dataset name."""
 
     exit_code = 2
+
+
+class JobRunningError(ConfigError):
+    """Another runner holds the job's lock; two runners of one job would remove each other's containers."""
 
 
 def read_user_file(path: Path, what: str) -> bytes:
@@ -39,16 +48,40 @@ class InfrastructureError(EvalkitError):
     exit_code = 3
 
 
-class TrialError(Exception):
-    """An error recorded against one trial. `retryable` is the default retry policy for the type."""
+class JobFailedError(InfrastructureError):
+    """A failure outside any try stopped the job: a result that cannot be written, a progress callback
+    that raised. Finished tries stay on disk; running the job again resumes it."""
 
-    retryable = True
+
+class TrialError(Exception):
+    """An error recorded against one try. `kind` decides the default retry policy (infrastructure only)."""
+
+    kind: ClassVar[ErrorKind] = "infrastructure"
+
+
+# ------------------------------------------------------------------------------------------- task
+
+
+class TaskConfigError(TrialError):
+    """The task cannot be loaded (a bad `task.toml`, a missing file, an environment variable it may not
+    read); its trials are recorded without starting a container."""
+
+    kind = "task"
+
+
+class TaskUnsupportedError(TrialError):
+    """The task needs something evalkit does not offer (docker-compose, GPUs)."""
+
+    kind = "task"
 
 
 class EnvironmentBuildError(TrialError):
     """The task image could not be built (or the build outlived its timeout)."""
 
-    retryable = False
+    kind = "task"
+
+
+# ------------------------------------------------------------------------------------------- infrastructure
 
 
 class EnvironmentStartError(TrialError):
@@ -59,54 +92,83 @@ class AgentSetupError(TrialError):
     """The agent's setup step failed or outlived its timeout."""
 
 
+class DockerUnavailableError(TrialError):
+    """The container engine stopped answering; whatever phase it happened in, the machine failed."""
+
+
+# ------------------------------------------------------------------------------------------- agent
+
+
 class AgentTimeoutError(TrialError):
     """The agent outlived its timeout; it was killed and the verifier still ran."""
 
-    retryable = False
+    kind = "agent"
 
 
 class AgentExitError(TrialError):
     """The agent's command exited non-zero; the verifier still ran."""
 
-    retryable = False
+    kind = "agent"
+
+
+class ContainerLostError(TrialError):
+    """The container stopped or vanished under the try (its keep-alive was killed, it ran out of memory)."""
+
+    kind = "agent"
+
+
+class AgentProcessesSurvivedError(TrialError):
+    """Processes the agent started could not all be killed, so the verifier did not run."""
+
+    kind = "agent"
+
+
+# ------------------------------------------------------------------------------------------- verifier
 
 
 class VerifierTimeoutError(TrialError):
     """`tests/test.sh` outlived the verifier timeout and was killed."""
 
-    retryable = False
+    kind = "verifier"
 
 
 class RewardFileMissingError(TrialError):
     """The verifier wrote neither `reward.json` nor `reward.txt`."""
 
-    retryable = False
+    kind = "verifier"
 
 
 class RewardFileEmptyError(TrialError):
     """The reward file exists but is empty."""
 
-    retryable = False
+    kind = "verifier"
 
 
 class RewardParseError(TrialError):
-    """The reward file is not a float / a flat JSON object of finite numbers."""
+    """The reward file is not a regular file of bounded size holding a float literal or a flat JSON object
+    of finite numbers."""
 
-    retryable = False
+    kind = "verifier"
 
 
 TRIAL_ERROR_TYPES: dict[str, type[TrialError]] = {
     cls.__name__: cls
     for cls in (
+        TaskConfigError,
+        TaskUnsupportedError,
         EnvironmentBuildError,
         EnvironmentStartError,
         AgentSetupError,
+        DockerUnavailableError,
         AgentTimeoutError,
         AgentExitError,
+        ContainerLostError,
+        AgentProcessesSurvivedError,
         VerifierTimeoutError,
         RewardFileMissingError,
         RewardFileEmptyError,
         RewardParseError,
     )
 }
-"""Error types a config may name (retry include/exclude) — plus `Cancelled` and `InternalError`."""
+"""Error types a config may name (retry include/exclude). Anything else in a result (an unexpected
+exception) is recorded by its class name and never retried by default."""

@@ -15,7 +15,10 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-RESULT_SCHEMA_VERSION = 1
+from evalkit.errors import ErrorKind
+
+RESULT_SCHEMA_VERSION = 2
+"""2: errors carry `kind` and `phase`; results record the resource envelope and download notes."""
 
 
 def utcnow() -> datetime:
@@ -31,6 +34,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from other users of the job directory
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
         os.replace(tmp, path)
@@ -39,11 +43,32 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def overwrite_json_in_place(path: Path, data: Any) -> bool:
+    """Last resort when the disk is full: rewrite an existing file's blocks with compact JSON, if it fits
+    in them (so no new block is needed). False when it does not fit; the file is then left as it was."""
+    payload = orjson.dumps(data.model_dump(mode="json") if isinstance(data, BaseModel) else data)
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if len(payload) > os.fstat(fd).st_size:
+            return False
+        os.write(fd, payload)
+        os.ftruncate(fd, len(payload))
+        return True
+    finally:
+        os.close(fd)
+
+
 class ErrorInfo(BaseModel):
     type: str
     """Class name of the error (`AgentTimeoutError`, …); what retries and `results.json` count by."""
+    kind: ErrorKind
+    """Whose failure: infrastructure, agent, verifier or task. Only infrastructure errors of a known type
+    are retried by default."""
+    phase: str
+    """The phase that was running: load, environment, agent_setup, agent, verifier."""
     message: str
     traceback: str | None = None
+    """Only for unexpected exceptions (a bug somewhere), never for typed errors."""
 
 
 class PhaseTiming(BaseModel):
@@ -83,6 +108,36 @@ def sum_usage(usages: list[ModelUsage]) -> ModelUsage:
     )
 
 
+class ResourceEnvelope(BaseModel):
+    """What a try's container actually ran with (resources move scores: record them, don't assume them)."""
+
+    cpus: float
+    memory_mb: int
+    storage_mb: int
+    storage_enforced: bool
+    """False where the storage driver cannot cap a container's writable layer (e.g. overlay2 on ext4)."""
+    pids_limit: int
+    network_mode: str
+    cap_drop: list[str]
+    """Linux capabilities removed from Docker's default set."""
+    no_new_privileges: bool
+
+
+class DownloadReport(BaseModel):
+    """What came back from one container directory, and what did not (names only, never content)."""
+
+    files: int = 0
+    bytes: int = 0
+    skipped: list[str] = []
+    """`path: reason` for each entry not copied (links, FIFOs, devices, over the cap, already present);
+    at most a few dozen, the rest counted in `n_skipped`."""
+    n_skipped: int = 0
+    truncated: bool = False
+    """True when the download stopped at its size or file-count cap."""
+    error: str | None = None
+    """Why the download failed, if it did (the container vanished, the disk is full)."""
+
+
 class AgentOutcome(BaseModel):
     exit_code: int | None = None
     timed_out: bool = False
@@ -95,6 +150,7 @@ class TrialResult(BaseModel):
     schema_version: int = RESULT_SCHEMA_VERSION
     job_name: str
     trial_name: str
+    """This try's directory name: `<task>__<attempt>`, then `<task>__<attempt>-try<k>` for retries."""
     task_name: str
     attempt: int
     try_index: int = 0
@@ -105,6 +161,10 @@ class TrialResult(BaseModel):
     rewards: dict[str, float] | None = None
     error: ErrorInfo | None = None
     agent_outcome: AgentOutcome = AgentOutcome()
+    environment: ResourceEnvelope | None = None
+    """The container's resources, network and privileges; None when no container started."""
+    downloads: dict[str, DownloadReport] = {}
+    """`agent`, `evaluation`, `artifacts`: what was copied out of the container into this try's directory."""
     phases: dict[str, PhaseTiming] = {}
     """environment, agent_setup, agent, verifier — whichever ran."""
     started_at: datetime
@@ -143,8 +203,12 @@ class JobSummary(BaseModel):
 
     schema_version: int = RESULT_SCHEMA_VERSION
     job_name: str
+    job_id: str
+    """The job's uuid (from `job.json`); container labels carry it."""
     status: str
-    """running | finished | interrupted"""
+    """running | finished | interrupted | failed (a failure outside any try stopped the job)"""
+    error: str | None = None
+    """Why the job failed, when `status` is failed."""
     started_at: datetime
     updated_at: datetime
     n_trials: int
@@ -165,6 +229,8 @@ class JobSummary(BaseModel):
     phases: dict[str, PhaseStats]
     usage: ModelUsage | None = None
     """Model calls summed over every try (retries cost tokens too); None when the job used no model."""
+    task_errors: dict[str, str] = {}
+    """Tasks that could not run at all (broken or unsupported), listed up front: name → `Type: message`."""
     tasks: dict[str, TaskSummary]
     trials: dict[str, str]
     """`task__attempt` → directory name of its final try."""
