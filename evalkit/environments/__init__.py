@@ -1,4 +1,53 @@
-from evalkit.environments.base import Environment, ExecResult
-from evalkit.environments.docker import DockerEngine, DockerEnvironment
+"""Where tasks run. The protocols live in `base`; backends are imported only when a job connects to
+one, so agents and tools that import `Environment` never load a container client."""
 
-__all__ = ["DockerEngine", "DockerEnvironment", "Environment", "ExecResult"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from evalkit.environments.base import (
+    Environment,
+    EnvironmentBackend,
+    EnvironmentSpec,
+    ExecResult,
+    FileMissingError,
+    FileReadError,
+    FileTooLargeError,
+    JobIdentity,
+    Mount,
+    NotARegularFileError,
+    Resources,
+)
+
+if TYPE_CHECKING:
+    from evalkit.config import EnvironmentConfig
+
+
+BACKENDS = {"docker": "evalkit.environments.docker:DockerBackend"}
+"""`environment.backend` → the class that implements it (a classmethod `connect(config, job)`)."""
+
+
+async def connect_backend(config: EnvironmentConfig, job: JobIdentity) -> EnvironmentBackend:
+    """The backend `environment.backend` names, connected and checked; InfrastructureError if its engine
+    does not answer."""
+    module, _, name = BACKENDS[config.backend].partition(":")
+    backend: EnvironmentBackend = await getattr(import_module(module), name).connect(config, job)
+    return backend
+
+
+__all__ = [
+    "BACKENDS",
+    "Environment",
+    "EnvironmentBackend",
+    "EnvironmentSpec",
+    "ExecResult",
+    "FileMissingError",
+    "FileReadError",
+    "FileTooLargeError",
+    "JobIdentity",
+    "Mount",
+    "NotARegularFileError",
+    "Resources",
+    "connect_backend",
+]

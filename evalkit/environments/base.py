@@ -1,14 +1,26 @@
-"""The `Environment` protocol: the only thing trials and agents know about where a task runs.
+"""The seam between the engine and where tasks run: `Environment` (one try's sandbox) and
+`EnvironmentBackend` (where environments come from). The job, the trial, the verifier and the agents
+know only these; Docker is one backend, a remote sandbox would be another module with these methods.
 
-Docker is one implementation; a cloud sandbox or a Kubernetes pod would be another module with these
-same few methods.
+Everything a try produces comes back through the Environment (`read_file`, `download`): nothing the
+container can write is shared with the host, so the host never reads or writes through a path a
+container made.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from evalkit.results import DownloadReport, ResourceEnvelope
+
+if TYPE_CHECKING:
+    from evalkit.tasks import Task
+
+NetworkMode = Literal["host", "none"]
+LOG_DIRS = ("/logs/agent", "/logs/verifier", "/logs/artifacts")
+"""Created inside every container at start, writable by any user (the task's user may not be root)."""
 
 
 @dataclass(frozen=True)
@@ -20,9 +32,73 @@ class ExecResult:
     timed_out: bool = False
 
 
+@dataclass(frozen=True)
+class Mount:
+    """A host path the engine chose to show the container (an agent runtime, a CA bundle). Never one the
+    container can write: read-write mounts are not offered."""
+
+    source: Path
+    target: str
+    read_only: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.read_only:
+            raise ValueError(f"mount {self.target}: read-write mounts are not offered; download results instead")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float
+    memory_mb: int
+    storage_mb: int
+    pids_limit: int
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """How one try's environment is made: everything but the task itself."""
+
+    name: str
+    """The try's name (`<task>__<attempt>[-try<k>]`), unique within the job."""
+    network_mode: NetworkMode
+    resources: Resources
+    mounts: tuple[Mount, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    """Set in the container on top of the task's `[environment.env]`."""
+    labels: dict[str, str] = field(default_factory=dict)
+    build_timeout_sec: float | None = None
+    start_timeout_sec: float | None = None
+    build_log: Path | None = None
+    """Where the image build's log goes, if this try builds the image."""
+    keep: bool = False
+    """Leave the container after the try (debugging); it keeps its labels, so `evalkit clean` finds it."""
+
+
+class FileReadError(Exception):
+    """`read_file` could not return the file's bytes; the message names the path and says why."""
+
+
+class FileMissingError(FileReadError):
+    pass
+
+
+class NotARegularFileError(FileReadError):
+    def __init__(self, path: str, file_type: str) -> None:
+        super().__init__(f"{path} is a {file_type}, not a regular file")
+        self.file_type = file_type
+        """`symbolic link`, `FIFO`, `directory`, `character device`, …"""
+
+
+class FileTooLargeError(FileReadError):
+    def __init__(self, path: str, size: int, max_bytes: int) -> None:
+        super().__init__(f"{path} is larger than {max_bytes} bytes ({size})")
+        self.size = size
+
+
 class Environment(Protocol):
-    async def start(self) -> None:
-        """Make the environment ready to run commands (build or fetch its image, start it)."""
+    async def start(self) -> ResourceEnvelope:
+        """Build or fetch the image, start the container, create the `/logs` directories, and remember
+        which processes run before any agent code does. Returns what the container actually runs with."""
 
     async def exec(
         self,
@@ -33,10 +109,45 @@ class Environment(Protocol):
         user: str | None = None,
         workdir: str | None = None,
     ) -> ExecResult:
-        """Run `bash -c command`; on timeout kill its whole process group and return `timed_out=True`."""
+        """Run `bash -c command`. On timeout, every process started since `start` is killed (as with
+        `kill_agent_processes`) and `timed_out=True` is returned."""
 
     async def put(self, source: Path, target: str) -> None:
         """Copy a host directory's contents into `target` (created if missing)."""
 
+    async def read_file(self, path: str, *, max_bytes: int) -> bytes:
+        """One regular file's bytes. Raises `FileMissingError`, `NotARegularFileError` (a symlink is never
+        followed; a FIFO or device is never opened) or `FileTooLargeError`."""
+
+    async def download(self, source_dir: str, target_dir: Path, *, max_bytes: int, max_files: int) -> DownloadReport:
+        """Copy a container directory into a host directory: regular files and directories only, paths
+        kept inside `target_dir`, files already there never overwritten, at most `max_bytes` of file data
+        and `max_files` entries. Works on a stopped container too."""
+
+    async def kill_agent_processes(self) -> int:
+        """Kill every process that was not running right after `start` (daemons that called `setsid`
+        included), until none is left. Returns how many were killed."""
+
     async def stop(self) -> None:
         """Remove the environment; idempotent and safe to call on every path, cancelled or not."""
+
+
+class EnvironmentBackend(Protocol):
+    def environment(self, task: Task, spec: EnvironmentSpec) -> Environment:
+        """A new, not yet started environment for one try. Raises `ConfigError` for a spec the backend
+        cannot honour (mounts on a remote engine)."""
+
+    async def sweep(self) -> int:
+        """Remove what earlier runs of this job left behind (a killed process cannot clean up)."""
+
+    async def close(self) -> None:
+        """Wait for removals under way, then release the connection."""
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """What a backend needs to know about the job it serves: labels, and where its lock lives."""
+
+    job_id: str
+    job_name: str
+    job_dir: Path

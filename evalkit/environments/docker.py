@@ -1,68 +1,168 @@
-"""Tasks in Docker containers, driven through the Engine API (aiodocker), never the `docker` CLI.
+"""The Docker backend: tasks in containers, driven through the Engine API (aiodocker), never the CLI.
 
-`DockerEngine` is one API connection shared by a job: the image cache, the build limit, archives of task
-directories, and leaked-container clean-up. `DockerEnvironment` is one trial's container.
+`DockerBackend` is one job's connection to the engine: the image cache, the build limit, archives of task
+directories, and removal of containers. `DockerEnvironment` is one try's container. Nothing is shared
+with the host read-write: the `/logs` directories live inside the container and come back through
+`download`; reward files through `read_file`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import re
-import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiodocker
 import aiohttp
 
 from evalkit.cleanup import uncancellable
-from evalkit.environments.base import ExecResult
+from evalkit.environments.archive import CHUNK, extraction_reader, read_tar_stream, single_file_reader
+from evalkit.environments.base import (
+    LOG_DIRS,
+    EnvironmentSpec,
+    ExecResult,
+    FileMissingError,
+    JobIdentity,
+)
 from evalkit.environments.images import ImageBuilder, tar_directory
-from evalkit.errors import EnvironmentStartError, InfrastructureError
+from evalkit.errors import (
+    AgentProcessesSurvivedError,
+    ConfigError,
+    ContainerLostError,
+    DockerUnavailableError,
+    EnvironmentStartError,
+    InfrastructureError,
+)
+from evalkit.lock import job_is_running
+from evalkit.results import DownloadReport, ResourceEnvelope
 from evalkit.tasks import Task
+
+if TYPE_CHECKING:
+    from evalkit.config import EnvironmentConfig
 
 logger = logging.getLogger(__name__)
 LABEL_JOB = "evalkit.job"
-LABEL_TRIAL = "evalkit.trial"
+LABEL_JOB_ID = "evalkit.job_id"
+LABEL_JOB_DIR = "evalkit.job_dir"
+LABEL_TRY = "evalkit.try"
+CAP_DROP = ("AUDIT_WRITE", "MKNOD", "NET_RAW", "SYS_CHROOT")
+"""Removed from Docker's defaults: raw sockets (sniffing other trials' traffic on a shared network),
+device nodes, audit writes and chroot, which tasks do not need. CHOWN, SETUID, KILL and the rest stay:
+package installs and test suites use them."""
 _OUTPUT_CAP = 1 << 20
-_CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "PIP_CERT", "CURL_CA_BUNDLE")
-_CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
+_STORAGE_DRIVERS = {"btrfs", "devicemapper", "windowsfilter", "zfs"}
+"""Drivers that cap a container's writable layer; overlay2 can too, on xfs with project quotas."""
+_KILL_ROUNDS = 200
 
 
 def default_docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
-class DockerEngine:
-    """A job's connection to the Docker engine. Use as `async with DockerEngine.connect(...) as engine`."""
+def is_local(docker_host: str) -> bool:
+    """A Unix socket is this machine's engine; anything else may be another machine with its own paths."""
+    return docker_host.startswith("unix://")
 
-    def __init__(self, client: aiodocker.Docker, *, job_name: str, n_concurrent_builds: int) -> None:
+
+async def open_client(docker_host: str | None) -> aiodocker.Docker:
+    """A connection to the engine that answers; InfrastructureError if it does not."""
+    host = docker_host or default_docker_host()
+    try:
+        if is_local(host):
+            # Unbounded pool: long-running execs hold connections, and a kill must never wait for one.
+            client = aiodocker.Docker(url=host, connector=aiohttp.UnixConnector(host.removeprefix("unix://"), limit=0))
+            client.docker_host = "unix://localhost"  # what aiodocker sets when it makes the connector itself
+        else:
+            client = aiodocker.Docker(url=host)
+    except (ValueError, OSError) as exc:
+        raise InfrastructureError(f"cannot use Docker engine address {host!r}: {exc}") from None
+    try:
+        await asyncio.wait_for(client.version(), timeout=15)
+    except (aiohttp.ClientError, aiodocker.DockerError, OSError, asyncio.TimeoutError) as exc:
+        await close_client(client)
+        raise InfrastructureError(
+            f"the Docker engine at {host} is unreachable ({type(exc).__name__}: {exc}). "
+            "Start it with `bash scripts/setup.sh` (or `bash scripts/docker-engine.sh`), "
+            "or point environment.docker_host / DOCKER_HOST at a running engine."
+        ) from None
+    return client
+
+
+async def close_client(client: aiodocker.Docker) -> None:
+    """aiodocker closes only a connector it made itself; ours too."""
+    try:
+        await client.close()
+    finally:
+        await client.connector.close()
+
+
+@contextmanager
+def engine_errors(doing: str) -> Iterator[None]:
+    """Docker's failures as trial errors: an engine that stopped answering is the machine's; a container
+    that stopped or vanished is the container's (whoever killed it)."""
+    try:
+        yield
+    except aiodocker.DockerError as exc:
+        if exc.status == 900:  # aiodocker's code for "cannot connect"
+            raise DockerUnavailableError(f"the Docker engine stopped answering while {doing}") from None
+        if exc.status in (404, 409) and ("No such container" in exc.message or "is not running" in exc.message):
+            raise ContainerLostError(f"the container stopped or vanished while {doing}: {exc.message}") from None
+        raise
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        raise DockerUnavailableError(f"the Docker engine stopped answering while {doing} ({type(exc).__name__})") from None
+
+
+class DockerBackend:
+    """One job's connection to a Docker engine. Create with `await DockerBackend.connect(...)`."""
+
+    def __init__(self, client: aiodocker.Docker, job: JobIdentity, *, host: str, n_concurrent_builds: int,
+                 storage_capable: bool) -> None:
         self.client = client
-        self.job_name = job_name
-        self.images = ImageBuilder(client, n_concurrent=n_concurrent_builds, job_name=job_name)
+        self.job = job
+        self.host = host
+        self.local = is_local(host)
+        self.images = ImageBuilder(client, n_concurrent=n_concurrent_builds, job_name=job.job_name)
+        self.storage_capable = storage_capable
+        """Whether `StorageOpt` size limits work on this engine; found once, corrected by the first refusal."""
         self._archives: dict[tuple[Path, str], asyncio.Task[bytes]] = {}
         self._removals: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def connect(cls, *, docker_host: str | None, job_name: str, n_concurrent_builds: int = 1) -> DockerEngine:
-        """Open the API connection and check the engine answers; InfrastructureError if it does not."""
-        host = docker_host or default_docker_host()
+    async def connect(cls, config: EnvironmentConfig, job: JobIdentity) -> DockerBackend:
+        host = config.docker_host or default_docker_host()
+        client = await open_client(host)
         try:
-            client = aiodocker.Docker(url=host)
-        except (ValueError, OSError) as exc:
-            raise InfrastructureError(f"cannot use Docker engine address {host!r}: {exc}") from None
-        try:
-            await asyncio.wait_for(client.version(), timeout=15)
-        except (aiohttp.ClientError, aiodocker.DockerError, OSError, asyncio.TimeoutError) as exc:
-            await client.close()
-            raise InfrastructureError(
-                f"the Docker engine at {host} is unreachable ({type(exc).__name__}: {exc}). "
-                "Start it with `bash scripts/setup.sh` (or `bash scripts/docker-engine.sh`), "
-                "or point environment.docker_host / DOCKER_HOST at a running engine."
-            ) from None
-        return cls(client, job_name=job_name, n_concurrent_builds=n_concurrent_builds)
+            info = await client.system.info()
+        except (aiodocker.DockerError, aiohttp.ClientError) as exc:
+            await close_client(client)
+            raise InfrastructureError(f"the Docker engine at {host} does not describe itself: {exc}") from None
+        driver_status = dict(info.get("DriverStatus") or [])
+        storage_capable = info.get("Driver") in _STORAGE_DRIVERS or (
+            info.get("Driver") == "overlay2" and driver_status.get("Backing Filesystem") == "xfs"
+        )
+        return cls(client, job, host=host, n_concurrent_builds=config.n_concurrent_builds,
+                   storage_capable=storage_capable)
+
+    def environment(self, task: Task, spec: EnvironmentSpec) -> DockerEnvironment:
+        if spec.mounts and not self.local:
+            raise ConfigError(
+                f"environment.docker_host: the engine at {self.host} is not a local socket, so "
+                f"host paths cannot be mounted into its containers ({', '.join(m.target for m in spec.mounts)}); "
+                "remote engines work only without mounts (no environment.ca_bundle, no mounted agent runtime)"
+            )
+        return DockerEnvironment(self, task, spec)
+
+    async def sweep(self) -> int:
+        """Remove every container of this job id (left by a killed run of it); other jobs' are untouched."""
+        containers = await self.client.containers.list(all=True, filters={"label": [f"{LABEL_JOB_ID}={self.job.job_id}"]})
+        await asyncio.gather(*(_remove(c) for c in containers))
+        return len(containers)
 
     async def close(self) -> None:
         """Wait for every container removal still under way, then close the connection."""
@@ -71,27 +171,21 @@ class DockerEngine:
         try:
             await uncancellable(asyncio.gather(*self._removals))
         finally:
-            await self.client.close()
+            await close_client(self.client)
 
     def remove_soon(self, container: aiodocker.containers.DockerContainer) -> None:
-        """Remove a container without making its trial wait: the next trial starts while Docker tears this
-        one down. The engine owns the removal and `close()` waits for it, so none is ever lost."""
+        """Remove a container without making its try wait: the next try starts while Docker tears this one
+        down. The backend owns the removal and `close()` waits for it, so none is ever lost."""
         task = asyncio.ensure_future(self._remove_logged(container))
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
-
-    async def __aenter__(self) -> DockerEngine:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     @staticmethod
     async def _remove_logged(container: aiodocker.containers.DockerContainer) -> None:
         try:
             await _remove(container)
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
-            # Labelled with its job: the next run of the job (or `evalkit clean`) removes it.
+            # Labelled with its job id: the next run of the job (or `evalkit clean`) removes it.
             logger.warning("could not remove container %s: %s", container.id[:12], exc)
 
     async def archive(self, source: Path, target: str) -> bytes:
@@ -101,12 +195,22 @@ class DockerEngine:
             self._archives[key] = asyncio.ensure_future(asyncio.to_thread(tar_directory, source, target.strip("/")))
         return await asyncio.shield(self._archives[key])
 
-    async def remove_containers(self, job_name: str | None) -> int:
-        """Remove evalkit's containers: one job's (left by a crashed run of it), or every job's (None)."""
-        label = f"{LABEL_JOB}={job_name}" if job_name else LABEL_JOB
-        containers = await self.client.containers.list(all=True, filters={"label": [label]})
-        await asyncio.gather(*(_remove(c) for c in containers))
-        return len(containers)
+    def labels(self, spec: EnvironmentSpec) -> dict[str, str]:
+        return {
+            **spec.labels,
+            LABEL_JOB: self.job.job_name,
+            LABEL_JOB_ID: self.job.job_id,
+            LABEL_JOB_DIR: str(self.job.job_dir),
+            LABEL_TRY: spec.name,
+        }
+
+
+def container_name(job_id: str, try_name: str) -> str:
+    """Unique per try whatever the task name: the job id and a hash of the try's name, plus a readable part
+    (which may collide between names that differ only in characters Docker does not allow)."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "-", try_name)[:40]
+    digest = hashlib.sha256(try_name.encode()).hexdigest()[:12]
+    return f"evalkit-{job_id.replace('-', '')[:12]}-{readable}-{digest}"
 
 
 async def _remove(container: aiodocker.containers.DockerContainer) -> None:
@@ -117,85 +221,166 @@ async def _remove(container: aiodocker.containers.DockerContainer) -> None:
             raise
 
 
+async def remove_idle_containers(docker_host: str | None, job_name: str | None) -> tuple[int, list[str]]:
+    """`evalkit clean`: remove evalkit's containers (one job's, or all) except those of jobs whose lock is
+    held by a running process. Returns (removed, names of running jobs whose containers were kept)."""
+    client = await open_client(docker_host)
+    try:
+        label = f"{LABEL_JOB}={job_name}" if job_name else LABEL_JOB
+        containers = await client.containers.list(all=True, filters={"label": [label]})
+        running: dict[str, bool] = {}
+        doomed, kept = [], set()
+        for container in containers:
+            labels = container._container.get("Labels") or {}
+            job_dir = labels.get(LABEL_JOB_DIR)
+            if job_dir is not None:
+                if job_dir not in running:
+                    running[job_dir] = await asyncio.to_thread(job_is_running, Path(job_dir))
+                if running[job_dir]:
+                    kept.add(labels.get(LABEL_JOB, job_dir))
+                    continue
+            doomed.append(container)
+        await asyncio.gather(*(_remove(c) for c in doomed))
+        return len(doomed), sorted(kept)
+    finally:
+        await close_client(client)
+
+
+# Process bookkeeping inside the container, in shell builtins: no fork while killing, so it works even
+# when the agent has used up the container's pids limit. After the last ") " of /proc/<pid>/stat come
+# field 3 (state) onwards, so field 22, the start time, is ${20}. A pid and its start time name one
+# process for the container's life: the host keeps them, out of the agent's reach.
+_LIST = r"""
+list() {
+  listed=
+  for f in /proc/[0-9]*/stat; do
+    p=${f#/proc/}; p=${p%/stat}
+    [ "$p" = "$$" ] && continue
+    read -r line 2>/dev/null < "$f" || continue
+    set -- ${line##*) }
+    [ "$1" = Z ] || listed="$listed $p:${20}"
+  done
+}
+"""
+_START = _LIST + r"""
+mkdir -p "$@" && chmod 777 "$@" || exit 1
+# The init process forks the keep-alive as the container starts: wait until it is there to be counted.
+i=0
+while :; do
+  list; set -- $listed; i=$((i + 1))
+  [ $# -ge 2 ] || [ $i -ge 500 ] && break
+  sleep 0.01
+done
+echo "$listed"
+"""
+_KILL = _LIST + r"""
+keep=" $* "; killed=0; round=0
+while [ $round -lt ROUNDS ]; do
+  round=$((round + 1)); victims=
+  list
+  for entry in $listed; do
+    case "$keep" in *" $entry "*) continue ;; esac
+    kill -STOP "${entry%%:*}" 2>/dev/null && victims="$victims ${entry%%:*}"
+  done
+  [ -z "$victims" ] && { echo "killed=$killed"; exit 0; }
+  for p in $victims; do kill -KILL "$p" 2>/dev/null && killed=$((killed + 1)); done
+done
+echo "killed=$killed"; exit 1
+""".replace("ROUNDS", str(_KILL_ROUNDS))
+# Stopped first, killed after: a stopped process cannot fork, so a fork bomb shrinks every round.
+_ENTRY = re.compile(r"^\d+:\d+$")
+
+
 class DockerEnvironment:
-    """One trial's container: built from the task, labelled, limited, with /logs bind-mounted."""
+    """One try's container: built from the task, labelled, limited, hardened, /logs inside it."""
 
-    def __init__(
-        self,
-        engine: DockerEngine,
-        task: Task,
-        *,
-        trial_name: str,
-        trial_dir: Path,
-        network_mode: str,
-        build_timeout_sec: float | None,
-        start_timeout_sec: float | None,
-        ca_bundle: Path | None = None,
-        keep: bool = False,
-    ) -> None:
-        self.engine = engine
+    def __init__(self, backend: DockerBackend, task: Task, spec: EnvironmentSpec) -> None:
+        self.backend = backend
         self.task = task
-        self.trial_name = trial_name
-        self.trial_dir = trial_dir
-        self.network_mode = "none" if task.config.environment.network_mode == "no-network" else network_mode
-        self.build_timeout_sec = build_timeout_sec
-        self.start_timeout_sec = start_timeout_sec
-        self.ca_bundle = ca_bundle
-        self.keep = keep
+        self.spec = spec
+        self.name = container_name(backend.job.job_id, spec.name)
         self._container: aiodocker.containers.DockerContainer | None = None
+        self._create_sent = False
+        self._baseline: list[str] = []
+        """`pid:starttime` of every process running right after start; kept here, out of the agent's reach."""
 
-    @property
-    def log_mounts(self) -> dict[str, Path]:
-        """Container path → host directory; what the agent and verifier write lands in the trial directory."""
-        return {
-            "/logs/agent": self.trial_dir / "agent",
-            "/logs/verifier": self.trial_dir / "evaluation",
-            "/logs/artifacts": self.trial_dir / "artifacts",
-        }
-
-    async def start(self) -> None:
-        image = await self.engine.images.ensure(
-            self.task, timeout_sec=self.build_timeout_sec, log_path=self.trial_dir / "environment" / "build.log"
-        )
+    async def start(self) -> ResourceEnvelope:
+        image = await self.backend.images.ensure(self.task, timeout_sec=self.spec.build_timeout_sec, log_path=self._build_log())
         try:
-            async with asyncio.timeout(self.start_timeout_sec):
-                self._container = await self.engine.client.containers.create(self._create_config(image), name=self._name())
-                await self._container.start()
+            async with asyncio.timeout(self.spec.start_timeout_sec):
+                with engine_errors("starting the container"):
+                    storage_enforced = await self._create(image)
+                    assert self._container is not None
+                    await self._container.start()
+                    setup = await self._run_quietly(_START, *LOG_DIRS)
         except TimeoutError:
-            raise EnvironmentStartError(f"container did not start within {self.start_timeout_sec:.0f} s") from None
+            raise EnvironmentStartError(f"container did not start within {self.spec.start_timeout_sec:g} s") from None
         except aiodocker.DockerError as exc:
             raise EnvironmentStartError(f"container failed to start: {exc.message}") from None
+        except ContainerLostError as exc:
+            raise EnvironmentStartError(f"container exited as it started: {exc}") from None
+        if setup.exit_code != 0:
+            raise EnvironmentStartError(f"could not create /logs in the container: {setup.output.strip()[:200]}")
+        self._baseline = [entry for entry in setup.output.split() if _ENTRY.match(entry)]
+        resources = self.spec.resources
+        return ResourceEnvelope(
+            cpus=resources.cpus,
+            memory_mb=resources.memory_mb,
+            storage_mb=resources.storage_mb,
+            storage_enforced=storage_enforced,
+            pids_limit=resources.pids_limit,
+            network_mode=self.spec.network_mode,
+            cap_drop=list(CAP_DROP),
+            no_new_privileges=True,
+        )
 
-    def _name(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]", "-", f"evalkit.{self.engine.job_name}.{self.trial_name}")[:200]
+    def _build_log(self) -> Path:
+        return self.spec.build_log or Path(os.devnull)
 
-    def _create_config(self, image: str) -> dict[str, Any]:
-        env_cfg = self.task.config.environment
-        binds = []
-        for target, host_dir in self.log_mounts.items():
-            host_dir.mkdir(parents=True, exist_ok=True)
-            host_dir.chmod(0o777)  # the task's user may not be root
-            binds.append(f"{host_dir.resolve()}:{target}")
-        env = dict(self.task.config.environment.env)
-        if self.ca_bundle is not None:
-            binds.append(f"{self.ca_bundle.resolve()}:{_CA_PATH}:ro")
-            env.update({name: _CA_PATH for name in _CA_ENV})
-        host_config: dict[str, Any] = {"Init": True, "NetworkMode": self.network_mode, "Binds": binds}
-        if env_cfg.cpus:
-            host_config["NanoCpus"] = int(env_cfg.cpus * 1e9)
-        if env_cfg.memory_mb:
-            host_config["Memory"] = env_cfg.memory_mb * 1024 * 1024
+    async def _create(self, image: str) -> bool:
+        """Create the container; True if its storage is capped. An engine that refuses the cap is
+        remembered, and the container is made without it (the result says so)."""
+        config = self._create_config(image, storage=self.backend.storage_capable)
+        self._create_sent = True
+        try:
+            self._container = await self.backend.client.containers.create(config, name=self.name)
+            return self.backend.storage_capable
+        except aiodocker.DockerError as exc:
+            if not self.backend.storage_capable or "storage" not in exc.message.lower() or exc.status != 500:
+                raise
+        self.backend.storage_capable = False
+        logger.warning("the Docker engine cannot cap container storage; containers run without storage_mb")
+        self._container = await self.backend.client.containers.create(self._create_config(image, storage=False), name=self.name)
+        return False
+
+    def _create_config(self, image: str, *, storage: bool) -> dict[str, Any]:
+        resources = self.spec.resources
+        host_config: dict[str, Any] = {
+            "Init": True,
+            "NetworkMode": self.spec.network_mode,
+            "Mounts": [
+                {"Type": "bind", "Source": str(m.source), "Target": m.target, "ReadOnly": True} for m in self.spec.mounts
+            ],
+            "NanoCpus": int(resources.cpus * 1e9),
+            "Memory": resources.memory_mb * 1024 * 1024,
+            "PidsLimit": resources.pids_limit,
+            "CapDrop": list(CAP_DROP),
+            "SecurityOpt": ["no-new-privileges"],
+        }
+        if storage:
+            host_config["StorageOpt"] = {"size": f"{resources.storage_mb}M"}
+        env = {**self.task.config.environment.env, **self.spec.env}
         config: dict[str, Any] = {
             "Image": image,
             # Tasks' images may define their own entrypoint; the container only has to stay up for execs.
             "Entrypoint": ["sleep"],
             "Cmd": ["infinity"],
-            "Labels": {LABEL_JOB: self.engine.job_name, LABEL_TRIAL: self.trial_name},
+            "Labels": self.backend.labels(self.spec),
             "Env": [f"{k}={v}" for k, v in env.items()],
             "HostConfig": host_config,
         }
-        if env_cfg.workdir:
-            config["WorkingDir"] = env_cfg.workdir
+        if self.task.config.environment.workdir:
+            config["WorkingDir"] = self.task.config.environment.workdir
         return config
 
     def _running(self) -> aiodocker.containers.DockerContainer:
@@ -212,64 +397,107 @@ class DockerEnvironment:
         user: str | None = None,
         workdir: str | None = None,
     ) -> ExecResult:
-        container = self._running()
-        # The exec'd process leads its own process group; remembering its pid lets a timeout kill the group.
-        pidfile = f"/tmp/.evalkit-exec-{uuid.uuid4().hex}.pid"
-        execution = await container.exec(
-            ["sh", "-c", f'echo $$ > {pidfile}; exec bash -c "$0"', command],
-            stdout=True,
-            stderr=True,
-            user=user or "",
-            environment=env or None,
-            workdir=workdir,
-        )
-        chunks: list[bytes] = []
-        size = 0
-        timed_out = False
-        async with execution.start(detach=False) as stream:
-            try:
-                async with asyncio.timeout(timeout_sec):
-                    while (message := await stream.read_out()) is not None:
-                        if size < _OUTPUT_CAP:
-                            chunks.append(message.data)
-                            size += len(message.data)
-            except TimeoutError:
-                timed_out = True
-                await self._kill_group(pidfile)
+        with engine_errors("running a command"):
+            execution = await self._running().exec(
+                ["bash", "-c", command], stdout=True, stderr=True, user=user or "", environment=env or None, workdir=workdir
+            )
+            chunks: list[bytes] = []
+            size = 0
+            timed_out = False
+            async with execution.start(detach=False) as stream:
+                try:
+                    async with asyncio.timeout(timeout_sec):
+                        while (message := await stream.read_out()) is not None:
+                            if size < _OUTPUT_CAP:
+                                chunks.append(message.data)
+                                size += len(message.data)
+                except TimeoutError:
+                    timed_out = True
         if timed_out:
+            # After leaving the stream: the kill needs no connection this command still holds.
+            await self.kill_agent_processes()
             return ExecResult(exit_code=None, output=_decode(chunks), timed_out=True)
+        with engine_errors("reading an exit code"):
+            return ExecResult(exit_code=await _exit_code(execution), output=_decode(chunks))
+
+    async def _run_quietly(self, script: str, *args: str) -> ExecResult:
+        """A bookkeeping script as root, with `sh` (images always have it), no timeout of its own."""
+        execution = await self._running().exec(["sh", "-c", script, "sh", *args], stdout=True, stderr=True, user="0")
+        chunks = []
+        async with execution.start(detach=False) as stream:
+            while (message := await stream.read_out()) is not None:
+                chunks.append(message.data)
         return ExecResult(exit_code=await _exit_code(execution), output=_decode(chunks))
 
-    async def _kill_group(self, pidfile: str) -> None:
-        """SIGKILL the timed-out command's process group and wait until that is done, so nothing it
-        started can still write while the next phase (the verifier) runs."""
-        kill = await self._running().exec(
-            # No `--` before the negative pid: dash's kill rejects it.
-            ["sh", "-c", f'p=$(cat {pidfile} 2>/dev/null) && {{ kill -KILL "-$p" || kill -KILL "$p"; }} 2>/dev/null; true'],
-            user="root",
-        )
-        async with kill.start(detach=False) as stream:
-            while await stream.read_out() is not None:
-                pass
+    async def kill_agent_processes(self) -> int:
+        with engine_errors("stopping the agent's processes"):
+            result = await self._run_quietly(_KILL, *self._baseline)
+        counts = re.findall(r"killed=(\d+)", result.output)
+        killed = int(counts[-1]) if counts else 0
+        if result.exit_code != 0:
+            raise AgentProcessesSurvivedError(
+                f"processes the agent started were still appearing after {_KILL_ROUNDS} kill rounds ({killed} killed)"
+            )
+        return killed
 
     async def put(self, source: Path, target: str) -> None:
-        data = await self.engine.archive(source, target)
-        await self._running().put_archive("/", data)
+        data = await self.backend.archive(source, target)
+        with engine_errors("copying files into the container"):
+            await self._running().put_archive("/", data)
+
+    @asynccontextmanager
+    async def _archive(self, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The tar stream of one container path, read as it arrives (never buffered whole)."""
+        container = self._running()
+        try:
+            async with self.backend.client._query(
+                f"containers/{container.id}/archive", method="GET", params={"path": path}, timeout=None
+            ) as response:
+                yield response.content.iter_chunked(CHUNK)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404 and "No such container" not in exc.message:
+                raise FileMissingError(f"{path} does not exist") from None
+            raise
+
+    async def read_file(self, path: str, *, max_bytes: int) -> bytes:
+        with engine_errors(f"reading {path}"):
+            async with self._archive(path) as chunks:
+                return await read_tar_stream(chunks, single_file_reader(path, max_bytes))
+
+    async def download(self, source_dir: str, target_dir: Path, *, max_bytes: int, max_files: int) -> DownloadReport:
+        try:
+            with engine_errors(f"copying {source_dir} out"):
+                async with self._archive(source_dir) as chunks:
+                    return await read_tar_stream(chunks, extraction_reader(target_dir, max_bytes=max_bytes, max_files=max_files))
+        except (FileMissingError, ContainerLostError, DockerUnavailableError, aiodocker.DockerError) as exc:
+            return DownloadReport(error=str(exc))
 
     async def stop(self) -> None:
         container, self._container = self._container, None
-        if container is not None and not self.keep:
-            self.engine.remove_soon(container)
+        created, self._create_sent = self._create_sent, False
+        if self.spec.keep:
+            return
+        if container is not None:
+            self.backend.remove_soon(container)
+        elif created:
+            # Cancelled while the engine was creating it: it may exist without our having its id.
+            self.backend.remove_soon(self.backend.client.containers.container(self.name))
 
 
-async def _exit_code(execution: aiodocker.execs.Exec) -> int | None:
-    # The stream can close a moment before the engine records the exit code.
-    for delay in (0, 0.01, 0.05, 0.1, 0.25, 0.5):
+async def _exit_code(execution: aiodocker.execs.Exec, deadline_sec: float = 10.0) -> int | None:
+    """The stream can close a moment before the engine records the exit code: poll, with a deadline
+    long enough that a slow daemon does not turn into a bogus non-zero exit."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_sec
+    delay = 0.0
+    while True:
         await asyncio.sleep(delay)
         info = await execution.inspect()
         if not info.get("Running"):
             return info.get("ExitCode")
-    return None
+        if loop.time() >= end:
+            return None
+        delay = min(0.5, delay * 2 or 0.01)
 
 
 def _decode(chunks: list[bytes]) -> str:

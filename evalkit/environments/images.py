@@ -33,17 +33,29 @@ def _walk(root: Path) -> list[Path]:
 
 
 def context_hash(root: Path) -> str:
-    """sha256 over relative paths, modes and contents (not timestamps): same context, same image."""
+    """sha256 over each entry's type, relative path, mode and content digest (not timestamps): same context,
+    same image. Every field is length-prefixed or fixed-size, so two different contexts never feed the same
+    bytes (a file whose content mimics the next entry's header cannot forge a collision). Contents are read
+    in chunks: memory does not grow with file sizes."""
     digest = hashlib.sha256()
     for path in _walk(root):
         st = path.lstat()
-        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.S_IMODE(st.st_mode):o}\0".encode())
         if stat.S_ISLNK(st.st_mode):
-            digest.update(os.readlink(path).encode())
+            kind, content = b"l", hashlib.sha256(os.readlink(path).encode()).digest()
         elif stat.S_ISREG(st.st_mode):
-            digest.update(path.read_bytes())
-        digest.update(b"\0")
+            kind, content = b"f", _file_digest(path)
+        elif stat.S_ISDIR(st.st_mode):
+            kind, content = b"d", b""
+        else:
+            kind, content = b"o", b""
+        name = path.relative_to(root).as_posix().encode()
+        digest.update(kind + len(name).to_bytes(8, "big") + name + stat.S_IMODE(st.st_mode).to_bytes(4, "big") + content)
     return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
 
 
 def tar_directory(root: Path, prefix: str = "") -> bytes:

@@ -1,0 +1,68 @@
+"""One job, one runner: `<job>/.lock`, held with `flock` while a process runs the job.
+
+Two runners of one job would remove each other's containers and write the same try directories; `evalkit
+clean` must not remove the containers of a job that is running. The kernel drops the lock when the process
+dies, however it dies, so a stale lock never blocks a resume. Blocking calls: run these in a thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from evalkit.errors import InfrastructureError, JobRunningError
+
+LOCK_FILE = ".lock"
+
+
+class JobLock:
+    def __init__(self, job_dir: Path, job_name: str) -> None:
+        self.path = job_dir / LOCK_FILE
+        self.job_name = job_name
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Create the job directory if needed and take the lock; JobRunningError names the holder."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise InfrastructureError(f"cannot create the job directory {self.path.parent}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            os.close(fd)
+            who = f"pid {holder[0]} on host {holder[1]}" if len(holder) >= 2 else "another process"
+            raise JobRunningError(
+                f"job {self.job_name!r} is already running in {self.path.parent} ({who}); "
+                "wait for it to finish or stop it, or give this run another job_name"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Idempotent. The file stays: removing it would race with a runner that just opened it."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def job_is_running(job_dir: Path) -> bool:
+    """Whether some process holds `job_dir`'s lock (a job directory that is gone runs nothing)."""
+    try:
+        fd = os.open(job_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: keep its containers
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
