@@ -1,14 +1,18 @@
 """The embeddable API: `await evaluate(config)` inside any running event loop (a training service's, a
 notebook's). It installs no signal handlers and changes no global state; cancelling the awaiting task
-stops the job cleanly (containers removed, `results.json` marked interrupted)."""
+stops the job cleanly (containers removed, `results.json` marked interrupted). Tasks that cannot run are
+logged as warnings (logger `evalkit`) and recorded as their trials' errors."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from evalkit.config import JobConfig, config_from_dict, load_config
 from evalkit.job import Job, JobResult, ProgressCallback
+
+log = logging.getLogger("evalkit")
 
 
 def as_config(config: JobConfig | dict[str, Any] | str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
@@ -30,5 +34,10 @@ async def evaluate(
 ) -> JobResult:
     """Run (or resume) a job to the end and return its summary and trial results."""
     job = Job(as_config(config, overrides), on_progress=on_progress)
-    await job.prepare()
-    return await job.run()
+    try:
+        await job.prepare()
+        for name, problem in job.task_errors.items():
+            log.warning("task %s cannot run: %s", name, problem)
+        return await job.run()
+    finally:
+        job.close()

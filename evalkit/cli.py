@@ -74,19 +74,22 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def _add_clean_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("clean", help="remove containers left by killed jobs (found by their labels)")
+    p = subparsers.add_parser(
+        "clean", help="remove containers left by killed jobs (found by their labels; running jobs' are kept)"
+    )
     p.add_argument("--job", help="only this job's containers (default: every evalkit job's)")
     p.add_argument("--docker-host", help="Docker Engine API address (default: DOCKER_HOST or the local socket)")
     p.set_defaults(handler=_clean_command)
 
 
 def _clean_command(args: argparse.Namespace) -> int:
-    from evalkit.environments import DockerEngine
+    from evalkit.environments.docker import remove_idle_containers
 
     async def clean() -> int:
-        async with await DockerEngine.connect(docker_host=args.docker_host, job_name=args.job or "clean") as engine:
-            removed = await engine.remove_containers(args.job)
+        removed, running = await remove_idle_containers(args.docker_host, args.job)
         print(f"removed {removed} container(s)" + (f" of job {args.job}" if args.job else ""))
+        if running:
+            print(f"kept the containers of running job(s): {', '.join(running)}")
         return EXIT_OK
 
     return run_main(clean())

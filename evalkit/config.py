@@ -7,9 +7,10 @@ the file are resolved against the file's own directory, so a job runs the same f
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
@@ -20,7 +21,16 @@ from evalkit.errors import TRIAL_ERROR_TYPES, ConfigError, read_user_file
 from evalkit.gateway import LLMApiConfig
 from evalkit.strict import StrictModel
 
-_SECRET_KEY = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
+if TYPE_CHECKING:
+    from evalkit.results import ErrorInfo
+
+_SECRET_KEY = re.compile(r"(api_?key|token|secret|password|passwd|credentials?|authorization|auth|cookies?)$", re.IGNORECASE)
+_SECRET_PARENT = re.compile(r"^(headers|extra_headers|default_headers|cookies)$", re.IGNORECASE)
+"""Every value under a key like these is a secret (an `Authorization` header hides in them)."""
+_SECRET_VALUE = re.compile(r"^\s*(bearer|basic|token)\s+\S|^sk-[A-Za-z0-9_-]{8,}|://[^/\s@]+@", re.IGNORECASE)
+"""Values that are secrets wherever they appear: bearer tokens, `sk-…` keys, URLs with credentials."""
+SECRET_MARK = "<secret sha256:"
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class AgentConfig(StrictModel):
@@ -32,8 +42,11 @@ class AgentConfig(StrictModel):
 
 
 class EnvironmentConfig(StrictModel):
+    backend: Literal["docker"] = "docker"
+    """Where try environments run; one module per backend (`evalkit.environments.BACKENDS`)."""
     docker_host: str | None = None
-    """Docker Engine API address; default: `DOCKER_HOST`, else the local Unix socket."""
+    """Docker Engine API address; default: `DOCKER_HOST`, else the local Unix socket. A remote engine
+    (anything but `unix://`) works only when nothing is mounted (no `ca_bundle`)."""
     network_mode: Literal["host", "none"] = "host"
     """Network for tasks that allow it (`no-network` tasks always get `none`). `host` keeps traffic on this
     machine's interfaces; bridge networks are deliberately not offered."""
@@ -43,6 +56,16 @@ class EnvironmentConfig(StrictModel):
     """Host CA bundle mounted read-only into every container (TLS-inspecting networks, private mirrors)."""
     keep_containers: bool = False
     """Leave containers running after each trial (debugging only; they still carry the job's labels)."""
+    pass_env: list[Annotated[str, Field(pattern=_ENV_NAME)]] = []
+    """Host environment variables a task's `task.toml` may read through `${VAR}`. Tasks come from
+    strangers: any other reference is an error for that task, so your keys never reach its container."""
+    pids_limit: int = Field(default=4096, ge=16)
+    """Processes a container may have at once: a fork bomb stops there instead of at the host's limit."""
+    download_max_mb: int = Field(default=256, ge=1)
+    """Per try, per directory (`/logs/agent`, `/logs/verifier`, `/logs/artifacts`): file data copied back
+    to the host; what does not fit is listed in `result.json` and left behind."""
+    download_max_files: int = Field(default=10_000, ge=1)
+    """Per try, per directory: files and directories copied back."""
 
 
 class TimeoutsConfig(StrictModel):
@@ -70,8 +93,8 @@ class RetryConfig(StrictModel):
     max_retries: int = Field(default=0, ge=0)
     """Extra tries for a trial that ended in a retryable error; every try keeps its own directory."""
     include_errors: list[str] | None = None
-    """Error types to retry; default: the types that are retryable by nature: environment start failures,
-    agent setup failures and unexpected errors (a Docker API hiccup), not task outcomes like timeouts."""
+    """Error types to retry; default: the infrastructure ones (environment start, agent setup, the Docker
+    engine going away), never what the agent, the verifier or the task did, and never an unexpected error."""
     exclude_errors: list[str] = []
     """Error types never retried, even when in `include_errors`."""
     backoff_sec: float = Field(default=1.0, ge=0)
@@ -86,13 +109,12 @@ class RetryConfig(StrictModel):
                 raise ValueError(f"unknown error type {name!r}; known: {', '.join(TRIAL_ERROR_TYPES)}")
         return names
 
-    def should_retry(self, error_type: str) -> bool:
-        if error_type in self.exclude_errors:
+    def should_retry(self, error: ErrorInfo) -> bool:
+        if error.type in self.exclude_errors:
             return False
         if self.include_errors is not None:
-            return error_type in self.include_errors
-        cls = TRIAL_ERROR_TYPES.get(error_type)
-        return cls.retryable if cls is not None else True  # unexpected errors: infrastructure hiccups
+            return error.type in self.include_errors
+        return error.type in TRIAL_ERROR_TYPES and error.kind == "infrastructure"
 
 
 class JobConfig(StrictModel):
@@ -137,26 +159,34 @@ class JobConfig(StrictModel):
         p = Path(path).expanduser()
         return p if p.is_absolute() else self._base_dir / p
 
-    def identity(self) -> dict[str, Any]:
-        """What must not change when a job is resumed: the work itself, not how fast it is done."""
-        return self.model_dump(
+    def identity(self, salt: str) -> dict[str, Any]:
+        """What must not change when a job is resumed: the work itself, not how fast it is done. Secrets
+        appear only as salted hashes, so a changed key is still noticed but never written down."""
+        identity = self.model_dump(
             mode="json",
             include={"dataset", "agent", "n_attempts", "timeouts", "llm_api"},
             exclude={"dataset": {"cache_dir", "max_concurrent_fetches"}, "llm_api": {"host", "port"}},
         )
+        return _redact(identity, lambda v: f"{SECRET_MARK}{hashlib.sha256((salt + repr(v)).encode()).hexdigest()[:24]}>")
 
     def redacted(self) -> dict[str, Any]:
         """The config as a plain dict with secret-looking values replaced, for snapshots on disk."""
-        return _redact(self.model_dump(mode="json"))
+        return _redact(self.model_dump(mode="json"), lambda _: "***")
 
 
-def _redact(value: Any) -> Any:
+def _redact(value: Any, replace: Any, secret: bool = False) -> Any:
+    """`value` with every secret leaf (by its key, an enclosing key, or its own shape) replaced."""
     if isinstance(value, dict):
         return {
-            k: ("***" if _SECRET_KEY.search(str(k)) and v else _redact(v)) for k, v in value.items()
+            k: _redact(v, replace, secret or bool(_SECRET_KEY.search(str(k))) or bool(_SECRET_PARENT.match(str(k))))
+            for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_redact(v) for v in value]
+        return [_redact(v, replace, secret) for v in value]
+    if value is None or value == "" or isinstance(value, bool):
+        return value
+    if secret or (isinstance(value, str) and _SECRET_VALUE.search(value)):
+        return replace(value)
     return value
 
 

@@ -9,6 +9,11 @@ from collections.abc import Mapping
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+def referenced_names(text: str) -> list[str]:
+    """The variables `text` refers to, in order."""
+    return [match.group(1) for match in _ENV_REF.finditer(text)]
+
+
 def expand_env_vars(text: str, environ: Mapping[str, str] | None = None) -> str:
     """Expand references from `environ` (default: the process environment); a variable that is unset and
     has no default raises KeyError(name), so callers can say which field needs it."""

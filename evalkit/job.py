@@ -1,15 +1,19 @@
-"""A job: tasks × attempts as trials, a bounded pool, retries, resume, and a `results.json` kept current.
+"""A job: tasks × attempts as trials, a bounded pool of tries, retries, resume, and `results.json` kept
+current.
 
 Resume needs no journal of its own: every finished try has an atomically written `result.json`, so the
 job directory *is* the journal. A try directory without one was interrupted and is run again (as a new try,
-keeping the evidence of the interrupted one).
+keeping the evidence of the interrupted one). One runner at a time: `<job>/.lock` is held while it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import secrets
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -18,36 +22,59 @@ from typing import Any
 
 import orjson
 import yaml
+from pydantic import ValidationError
 
 from evalkit.adapters.harbor import TaskRef, resolve_tasks
-from evalkit.agents import create_agent
+from evalkit.agents import Agent, create_agent
 from evalkit.cleanup import uncancellable
-from evalkit.config import JobConfig
-from evalkit.environments import DockerEngine, DockerEnvironment
-from evalkit.errors import ConfigError
+from evalkit.config import SECRET_MARK, JobConfig
+from evalkit.environments import EnvironmentBackend, EnvironmentSpec, JobIdentity, Mount, Resources, connect_backend
+from evalkit.errors import (
+    ConfigError,
+    EvalkitError,
+    InfrastructureError,
+    JobFailedError,
+    TaskConfigError,
+    TrialError,
+)
 from evalkit.gateway import Gateway
+from evalkit.lock import JobLock
 from evalkit.metrics import mean_pass_at_k, passed, phase_stats
-from evalkit.results import JobSummary, TaskSummary, TrialResult, sum_usage, utcnow, write_json_atomic
+from evalkit.results import (
+    JobSummary,
+    TaskSummary,
+    TrialResult,
+    overwrite_json_in_place,
+    sum_usage,
+    utcnow,
+    write_json_atomic,
+)
 from evalkit.tasks import Task, load_task
-from evalkit.trial import TrialSpec, phase_timeouts, run_trial
+from evalkit.trial import PhaseTimeouts, TrySpec, phase_timeouts, record_without_container, run_try
 
+log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
-_TRY_SUFFIX = re.compile(r"^(?P<unit>.+__\d+)(?:-try(?P<try>\d+))?$")
+JOB_SCHEMA_VERSION = 2
+_TRY_NAME = re.compile(r"^(?P<trial>.+__\d+)(?:-try(?P<try>\d+))?$")
+_CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
+_CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "PIP_CERT", "CURL_CA_BUNDLE")
 
 
 @dataclass
-class Unit:
-    """One (task, attempt): the trial as counted in results, with all of its tries."""
+class Trial:
+    """One (task, attempt): what results count, with all of its tries."""
 
-    task: Task
     ref: TaskRef
     attempt: int
+    task: Task | None
+    """None when the task cannot run at all; `problem` says why."""
+    problem: TrialError | None = None
     tries: list[TrialResult] = field(default_factory=list)
     next_try: int = 0
 
     @property
     def name(self) -> str:
-        return f"{self.task.name}__{self.attempt}"
+        return f"{self.ref.name}__{self.attempt}"
 
     @property
     def retries(self) -> int:
@@ -99,193 +126,292 @@ class JobResult:
 
 
 class Job:
+    """`prepare()` takes the job's lock and reads everything; `run()` runs and releases it. A caller that
+    prepares and then does not run calls `close()`."""
+
     def __init__(self, config: JobConfig, *, on_progress: ProgressCallback | None = None) -> None:
         self.config = config
         self.job_dir = config.job_dir
         self.on_progress = on_progress
-        self.units: list[Unit] = []
+        self.job_id = ""
+        self.trials: list[Trial] = []
+        self.task_errors: dict[str, str] = {}
+        """Tasks that cannot run at all, by name: `Type: message`. Known after `prepare()`."""
         self.started_at = utcnow()
         self.progress = Progress(total=0)
+        self._lock = JobLock(self.job_dir, config.job_name)
+        self._prepared = False
         self._write_lock = asyncio.Lock()
         self._last_write = 0.0
-        ca_bundle = config.environment.ca_bundle
-        self._ca_bundle = config.resolve_path(ca_bundle) if ca_bundle else None
+        self._failure: str | None = None
+        self._salt = ""
+        """Per job, stored in job.json: secrets in the identity are hashed with it."""
 
     # ----------------------------------------------------------------------------------------- preparation
 
     async def prepare(self) -> None:
-        """Resolve and load tasks, check the job directory, collect finished tries. No containers yet."""
-        self._check_identity()
+        """Take the lock, check the job directory against the config, resolve and load tasks, collect
+        finished tries. No containers yet."""
+        await asyncio.to_thread(self._lock.acquire)
+        try:
+            await self._prepare()
+        except OSError as exc:
+            self.close()
+            raise InfrastructureError(f"cannot use the job directory {self.job_dir}: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
+        self.progress = Progress(total=len(self.trials))
+        for trial in self.trials:
+            if trial.final is not None:
+                self.progress.count(trial.final)
+        self._prepared = True
+
+    async def _prepare(self) -> None:
+        stored = await asyncio.to_thread(self._read_job_file)
         create_agent(self.config.agent.name, self.config.agent.kwargs)  # a bad agent name fails here, not per trial
         refs = await resolve_tasks(self.config.dataset, base_dir=self.config.base_dir, job_dir=self.job_dir)
         if not refs:
             raise ConfigError(f"{self.config.source}: dataset: the selection matches no task")
-        tasks = await asyncio.to_thread(lambda: [load_task(ref.path, ref.name) for ref in refs])
-        self.units = [
-            Unit(task=task, ref=ref, attempt=attempt)
-            for task, ref in zip(tasks, refs)
+        loaded = await asyncio.to_thread(self._load_tasks, refs)
+        self.trials = [
+            Trial(ref=ref, attempt=attempt, task=task, problem=problem)
+            for ref, (task, problem) in zip(refs, loaded)
             for attempt in range(self.config.n_attempts)
         ]
+        self.task_errors = {
+            ref.name: f"{type(problem).__name__}: {problem}" for ref, (_, problem) in zip(refs, loaded) if problem
+        }
         await asyncio.to_thread(self._load_tries)
-        await asyncio.to_thread(self._write_job_files)
-        self.progress = Progress(total=len(self.units))
-        for unit in self.units:
-            if unit.final is not None:
-                self.progress.count(unit.final)
+        await asyncio.to_thread(self._write_job_files, stored)
 
-    def _check_identity(self) -> None:
+    def close(self) -> None:
+        """Release the job's lock (idempotent)."""
+        self._lock.release()
+
+    def _read_job_file(self) -> dict[str, Any] | None:
+        """The stored `job.json`, checked against this config; None for a new job."""
         path = self.job_dir / JOB_FILE
         if not path.exists():
-            return
-        previous = orjson.loads(path.read_bytes()).get("identity", {})
-        current = orjson.loads(orjson.dumps(self.config.identity()))
-        changes = sorted(_diff(previous, current))
+            self.job_id, self._salt = str(uuid.uuid4()), secrets.token_hex(16)
+            return None
+        try:
+            stored = orjson.loads(path.read_bytes())
+            self.job_id, self._salt = stored["job_id"], stored["identity_salt"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{path} is unreadable or from an older evalkit ({type(exc).__name__}); "
+                "start a new job (another job_name) or move that directory away"
+            ) from None
+        current = orjson.loads(orjson.dumps(self.config.identity(self._salt)))
+        changes = sorted(_diff(stored.get("identity", {}), current))
         if changes:
             raise ConfigError(
                 f"job {self.config.job_name!r} already exists in {self.job_dir} with a different config; "
                 f"changed: {', '.join(changes)}. Use another job_name, or restore the config to resume."
             )
+        return stored
 
-    def _write_job_files(self) -> None:
-        self.job_dir.mkdir(parents=True, exist_ok=True)
-        if not (self.job_dir / JOB_FILE).exists():
+    def _load_tasks(self, refs: list[TaskRef]) -> list[tuple[Task | None, TrialError | None]]:
+        """Each task on its own: one that cannot load becomes its trials' error, and the rest still run."""
+        pass_env = self.config.environment.pass_env
+        loaded: list[tuple[Task | None, TrialError | None]] = []
+        for ref in refs:
+            try:
+                loaded.append((load_task(ref.path, ref.name, pass_env=pass_env), None))
+            except TrialError as exc:
+                loaded.append((None, exc))
+            except (OSError, UnicodeDecodeError) as exc:
+                loaded.append((None, TaskConfigError(f"task {ref.name!r} ({ref.path}): cannot read it: {exc}")))
+        return loaded
+
+    def _write_job_files(self, stored: dict[str, Any] | None) -> None:
+        if stored is None:
             write_json_atomic(
                 self.job_dir / JOB_FILE,
-                {"schema_version": 1, "job_name": self.config.job_name, "created_at": self.started_at.isoformat(),
-                 "identity": self.config.identity()},
+                {"schema_version": JOB_SCHEMA_VERSION, "job_id": self.job_id, "job_name": self.config.job_name,
+                 "created_at": self.started_at.isoformat(), "identity_salt": self._salt,
+                 "identity": self.config.identity(self._salt)},
             )
         snapshot = yaml.safe_dump(self.config.redacted(), sort_keys=False)
         (self.job_dir / "config.yaml").write_text(f"# snapshot of {self.config.source} at launch (secrets redacted)\n{snapshot}")
 
     def _load_tries(self) -> None:
-        by_name = {unit.name: unit for unit in self.units}
-        if not self.job_dir.is_dir():
-            return
-        for trial_dir in sorted(self.job_dir.iterdir()):
-            match = _TRY_SUFFIX.match(trial_dir.name)
-            unit = by_name.get(match.group("unit")) if match else None
-            if unit is None or not trial_dir.is_dir():
+        by_name = {trial.name: trial for trial in self.trials}
+        for try_dir in sorted(self.job_dir.iterdir()):
+            match = _TRY_NAME.match(try_dir.name)
+            trial = by_name.get(match.group("trial")) if match else None
+            if trial is None or not try_dir.is_dir():
                 continue
-            try_index = int(match.group("try") or 0)
-            unit.next_try = max(unit.next_try, try_index + 1)
-            result_path = trial_dir / "result.json"
+            trial.next_try = max(trial.next_try, int(match.group("try") or 0) + 1)
+            result_path = try_dir / "result.json"
             if result_path.exists():
-                unit.tries.append(TrialResult.model_validate_json(result_path.read_bytes()))
-        for unit in self.units:
-            unit.tries.sort(key=lambda r: r.try_index)
+                try:
+                    trial.tries.append(TrialResult.model_validate_json(result_path.read_bytes()))
+                except ValidationError as exc:
+                    raise ConfigError(
+                        f"{result_path} is not a result this evalkit can read ({exc.error_count()} problems, first: "
+                        f"{exc.errors()[0]['msg']}); move that try directory away to run it again"
+                    ) from None
+        for trial in self.trials:
+            trial.tries.sort(key=lambda r: r.try_index)
+
+    @property
+    def identity(self) -> JobIdentity:
+        return JobIdentity(job_id=self.job_id, job_name=self.config.job_name, job_dir=self.job_dir)
 
     # ----------------------------------------------------------------------------------------- running
 
     async def run(self) -> JobResult:
-        """Run every unfinished trial. Cancellation stops launching, removes running containers, and
-        leaves `results.json` marked `interrupted` before re-raising."""
-        if not self.units:
-            await self.prepare()
-        pending = [u for u in self.units if u.final is None]
-        status = "interrupted"
+        """Run every unfinished trial, then release the lock. Cancellation stops launching, removes running
+        containers, and leaves `results.json` marked `interrupted` before re-raising. A failure outside any
+        try (a result that cannot be written, a progress callback that raised) stops the job with
+        JobFailedError and `results.json` marked `failed`. A job whose backend never answered is left as it
+        was (InfrastructureError)."""
         try:
-            if pending:
-                async with AsyncExitStack() as stack:
-                    engine = await DockerEngine.connect(
-                        docker_host=self.config.environment.docker_host,
-                        job_name=self.config.job_name,
-                        n_concurrent_builds=self.config.environment.n_concurrent_builds,
-                    )
-                    stack.push_async_callback(engine.close)
-                    await engine.remove_containers(self.config.job_name)
-                    gateway = None
-                    if self.config.llm_api is not None:
-                        gateway = await stack.enter_async_context(
-                            Gateway.serve(self.config.llm_api, job_name=self.config.job_name, artifacts_dir=self.config.artifacts_dir)
-                        )
-                    await self._write_summary("running")
-                    slots = asyncio.Semaphore(self.config.n_concurrent)
-                    async with asyncio.TaskGroup() as group:
-                        for unit in pending:
-                            group.create_task(self._run_unit(unit, engine, gateway, slots))
-            status = "finished"
+            if not self._prepared:
+                await self.prepare()
+            return await self._run()
         finally:
-            if self.units:
-                await uncancellable(self._write_summary(status))
-        return JobResult(job_dir=self.job_dir, summary=self.summary(status), trials=[u.final for u in self.units if u.final])
+            self.close()
 
-    async def _run_unit(self, unit: Unit, engine: DockerEngine, gateway: Any, slots: asyncio.Semaphore) -> None:
-        agent = create_agent(self.config.agent.name, self.config.agent.kwargs)
-        timeouts = phase_timeouts(unit.task, self.config.timeouts)
-        while unit.final is None:
-            if unit.tries and unit.tries[-1].will_retry:
-                await asyncio.sleep(self._backoff(unit))
-            async with slots:
-                name = unit.name if unit.next_try == 0 else f"{unit.name}-try{unit.next_try}"
-                spec = TrialSpec(
-                    job_name=self.config.job_name,
-                    task=unit.task,
-                    task_source=_source(unit.ref),
-                    attempt=unit.attempt,
-                    try_index=unit.next_try,
-                    trial_dir=self.job_dir / name,
-                )
-                unit.next_try += 1
-                spec.trial_dir.mkdir(parents=True, exist_ok=True)
-                env = DockerEnvironment(
-                    engine,
-                    unit.task,
-                    trial_name=name,
-                    trial_dir=spec.trial_dir,
-                    network_mode=self.config.environment.network_mode,
-                    build_timeout_sec=timeouts.build,
-                    start_timeout_sec=timeouts.start,
-                    ca_bundle=self._ca_bundle,
-                    keep=self.config.environment.keep_containers,
-                )
-                result = await run_trial(spec, env, agent, timeouts, gateway, retry_if=lambda r: self._should_retry(unit, r))
-            unit.tries.append(result)
-            self.progress.count(result)
-            if time.monotonic() - self._last_write >= SUMMARY_INTERVAL_SEC:
+    async def _run(self) -> JobResult:
+        pending = [t for t in self.trials if t.final is None]
+        status: str | None = None  # None: nothing started, results.json stays as it was
+        try:
+            async with AsyncExitStack() as stack:
+                backend = None
+                if any(t.task is not None for t in pending):
+                    backend = await connect_backend(self.config.environment, self.identity)
+                    stack.push_async_callback(backend.close)
+                    await backend.sweep()
+                gateway = None
+                if self.config.llm_api is not None and backend is not None:
+                    gateway = await stack.enter_async_context(
+                        Gateway.serve(self.config.llm_api, job_name=self.config.job_name, artifacts_dir=self.config.artifacts_dir)
+                    )
+                status = "interrupted"
                 await self._write_summary("running")
-            if self.on_progress is not None:
+                slots = asyncio.Semaphore(self.config.n_concurrent)
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        for trial in pending:
+                            group.create_task(self._run_trial(trial, backend, gateway, slots))
+                except BaseExceptionGroup as failures:
+                    raise _first_evalkit_error(failures) from None
+            status = "finished"
+        except EvalkitError as exc:
+            if status is not None:  # it started: say why it stopped
+                status, self._failure = "failed", str(exc)
+            raise
+        finally:
+            if status is not None:
+                await uncancellable(self._write_final(status))
+        return JobResult(job_dir=self.job_dir, summary=self.summary(status), trials=[t.final for t in self.trials if t.final])
+
+    async def _run_trial(self, trial: Trial, backend: EnvironmentBackend | None, gateway: Gateway | None,
+                         slots: asyncio.Semaphore) -> None:
+        if trial.problem is not None:
+            spec = self._try_spec(trial)
+            await self._record(trial, await record_without_container(spec, trial.ref.name, self.config.agent.name, trial.problem))
+            return
+        assert trial.task is not None and backend is not None
+        agent = create_agent(self.config.agent.name, self.config.agent.kwargs)
+        timeouts = phase_timeouts(trial.task, self.config.timeouts)
+        while trial.final is None:
+            if trial.tries and trial.tries[-1].will_retry:
+                await asyncio.sleep(self._backoff(trial))
+            async with slots:
+                spec = self._try_spec(trial)
+                env = backend.environment(trial.task, self._environment_spec(trial.task, spec, timeouts))
+                result = await run_try(spec, env, agent, timeouts, gateway, retry_if=lambda r: self._should_retry(trial, r))
+            await self._record(trial, result)
+
+    def _try_spec(self, trial: Trial) -> TrySpec:
+        name = trial.name if trial.next_try == 0 else f"{trial.name}-try{trial.next_try}"
+        trial.next_try += 1
+        environment = self.config.environment
+        return TrySpec(
+            job_name=self.config.job_name,
+            task=trial.task,
+            task_source=_source(trial.ref),
+            attempt=trial.attempt,
+            try_index=trial.next_try - 1,
+            try_dir=self.job_dir / name,
+            download_max_bytes=environment.download_max_mb * 1024 * 1024,
+            download_max_files=environment.download_max_files,
+        )
+
+    def _environment_spec(self, task: Task, spec: TrySpec, timeouts: PhaseTimeouts) -> EnvironmentSpec:
+        environment, task_env = self.config.environment, task.config.environment
+        mounts, env = (), {}
+        if environment.ca_bundle:
+            mounts = (Mount(self.config.resolve_path(environment.ca_bundle), _CA_PATH),)
+            env = dict.fromkeys(_CA_ENV, _CA_PATH)
+        return EnvironmentSpec(
+            name=spec.try_name,
+            # Allowlists are not implemented: such a task gets no network rather than all of it.
+            network_mode="none" if task_env.network_mode in ("no-network", "allowlist") else environment.network_mode,
+            resources=Resources(cpus=task_env.cpus, memory_mb=task_env.memory_mb, storage_mb=task_env.storage_mb,
+                                pids_limit=environment.pids_limit),
+            mounts=mounts,
+            env=env,
+            build_timeout_sec=timeouts.build,
+            start_timeout_sec=timeouts.start,
+            build_log=spec.try_dir / "environment" / "build.log",
+            keep=environment.keep_containers,
+        )
+
+    async def _record(self, trial: Trial, result: TrialResult) -> None:
+        trial.tries.append(result)
+        self.progress.count(result)
+        if time.monotonic() - self._last_write >= SUMMARY_INTERVAL_SEC:
+            await self._write_summary("running")
+        if self.on_progress is not None:
+            try:
                 self.on_progress(result, self.progress)
+            except Exception as exc:
+                raise JobFailedError(f"the progress callback raised {type(exc).__name__}: {exc}") from exc
 
-    def _should_retry(self, unit: Unit, result: TrialResult) -> bool:
+    def _should_retry(self, trial: Trial, result: TrialResult) -> bool:
         retry = self.config.retry
-        return bool(result.error) and unit.retries < retry.max_retries and retry.should_retry(result.error.type)
+        return result.error is not None and trial.retries < retry.max_retries and retry.should_retry(result.error)
 
-    def _backoff(self, unit: Unit) -> float:
-        return min(self.config.retry.max_backoff_sec, self.config.retry.backoff_sec * 2 ** (unit.retries - 1))
+    def _backoff(self, trial: Trial) -> float:
+        return min(self.config.retry.max_backoff_sec, self.config.retry.backoff_sec * 2 ** (trial.retries - 1))
 
     # ----------------------------------------------------------------------------------------- results
 
-    def summary(self, status: str) -> JobSummary:
-        finals = [(u, u.final) for u in self.units if u.final is not None]
-        rewards_by_task: dict[str, list[float | None]] = {}
-        errors_by_task: dict[str, list[str]] = {}
-        for unit in self.units:
-            rewards_by_task.setdefault(unit.task.name, [])
-            errors_by_task.setdefault(unit.task.name, [])
+    def summary(self, status: str | None) -> JobSummary:
+        finals = [(t, t.final) for t in self.trials if t.final is not None]
+        rewards_by_task: dict[str, list[float | None]] = {t.ref.name: [] for t in self.trials}
+        errors_by_task: dict[str, list[str]] = {t.ref.name: [] for t in self.trials}
         errors: dict[str, int] = {}
         durations: dict[str, list[float]] = {}
-        for unit, result in finals:
-            rewards_by_task[unit.task.name].append(result.reward)
+        for trial, result in finals:
+            rewards_by_task[trial.ref.name].append(result.reward)
             if result.error:
                 errors[result.error.type] = errors.get(result.error.type, 0) + 1
-                errors_by_task[unit.task.name].append(result.error.type)
-        for unit in self.units:
-            for result in unit.tries:
+                errors_by_task[trial.ref.name].append(result.error.type)
+        for trial in self.trials:
+            for result in trial.tries:
                 for name, timing in result.phases.items():
                     if timing.seconds is not None:
                         durations.setdefault(name, []).append(timing.seconds)
-        usages = [r.agent_outcome.usage for u in self.units for r in u.tries if r.agent_outcome.usage]
+        usages = [r.agent_outcome.usage for t in self.trials for r in t.tries if r.agent_outcome.usage]
         rewards = [r.reward or 0.0 for _, r in finals]
         n = len(finals)
         return JobSummary(
             job_name=self.config.job_name,
-            status=status,
+            job_id=self.job_id,
+            status=status or "interrupted",
+            error=self._failure,
             started_at=self.started_at,
             updated_at=utcnow(),
-            n_trials=len(self.units),
+            n_trials=len(self.trials),
             n_finished=n,
             n_errored=sum(1 for _, r in finals if r.error),
-            n_tries=sum(len(u.tries) for u in self.units),
+            n_tries=sum(len(t.tries) for t in self.trials),
             mean_reward=sum(rewards) / n if n else None,
             pass_rate=sum(1 for _, r in finals if passed(r.reward)) / n if n else None,
             pass_at_k={
@@ -296,6 +422,7 @@ class Job:
             errors=errors,
             phases={name: phase_stats(values) for name, values in durations.items()},
             usage=sum_usage(usages) if usages else None,
+            task_errors=self.task_errors,
             tasks={
                 name: TaskSummary(
                     rewards=values,
@@ -305,14 +432,46 @@ class Job:
                 )
                 for name, values in rewards_by_task.items()
             },
-            trials={u.name: u.final.trial_name for u, _ in finals},
+            trials={t.name: t.final.trial_name for t, _ in finals},
         )
 
     async def _write_summary(self, status: str) -> None:
         self._last_write = time.monotonic()
         summary = self.summary(status)
         async with self._write_lock:
-            await asyncio.to_thread(write_json_atomic, self.job_dir / "results.json", summary)
+            # Uncancellable: a write still running in its thread must never land after the final one.
+            try:
+                await uncancellable(asyncio.to_thread(write_json_atomic, self.job_dir / "results.json", summary))
+            except OSError as exc:
+                raise JobFailedError(f"cannot write {self.job_dir / 'results.json'}: {exc.strerror or exc}") from None
+
+    async def _write_final(self, status: str) -> None:
+        """The last `results.json`. When the disk is full, rewrite the old file's blocks in place rather than
+        leave it saying `running`."""
+        try:
+            await self._write_summary(status)
+        except JobFailedError:
+            if not await asyncio.to_thread(_overwrite_quietly, self.job_dir / "results.json", self.summary(status)):
+                if status != "failed":
+                    raise
+                log.error("results.json could not be updated to say the job failed")
+
+
+def _overwrite_quietly(path: Path, summary: JobSummary) -> bool:
+    try:
+        return overwrite_json_in_place(path, summary)
+    except OSError:
+        return False
+
+
+def _first_evalkit_error(group: BaseExceptionGroup) -> BaseException:
+    """A failure that stopped the task group, as one error a person can read (the first EvalkitError)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = _first_evalkit_error(exc)
+        if isinstance(exc, EvalkitError):
+            return exc
+    return group
 
 
 def _source(ref: TaskRef) -> dict[str, Any]:
@@ -322,10 +481,14 @@ def _source(ref: TaskRef) -> dict[str, Any]:
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two JSON-like values."""
+    """Dotted keys whose values differ between two JSON-like values; secrets are named, never shown."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in old.keys() | new.keys():
             out += _diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
         return out
-    return [] if old == new else [f"{prefix} ({old!r} → {new!r})"]
+    if old == new:
+        return []
+    if any(isinstance(v, str) and v.startswith(SECRET_MARK) for v in (old, new)):
+        return [f"{prefix} (a secret; its value is not shown)"]
+    return [f"{prefix} ({old!r} → {new!r})"]

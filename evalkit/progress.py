@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -17,6 +18,17 @@ async def run_with_progress(config: JobConfig, *, quiet: bool = False) -> int:
     console = Console(stderr=True)
     job = Job(config)
     await job.prepare()
+    try:
+        return await _run(job, config, console, quiet)
+    finally:
+        job.close()
+
+
+async def _run(job: Job, config: JobConfig, console: Console, quiet: bool) -> int:
+    if job.task_errors:  # up front, whatever --quiet says: these tasks will not run at all
+        console.print(f"[yellow]{len(job.task_errors)} task(s) cannot run and are recorded as errors:")
+        for name, problem in job.task_errors.items():
+            console.print(f"  {escape(name)}: {escape(problem)}", highlight=False)
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -6,15 +6,17 @@ value would silently change a run (types of known keys). Errors name the file an
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from evalkit.envvars import expand_env_vars
-from evalkit.errors import ConfigError
+from evalkit.envvars import expand_env_vars, referenced_names
+from evalkit.errors import TaskConfigError, TaskUnsupportedError
 
 
 class _Section(BaseModel):
@@ -40,9 +42,11 @@ class TaskEnvironmentConfig(_Section):
     build_timeout_sec: float = Field(default=600.0, gt=0)
     docker_image: str | None = None
     """A prebuilt image: no build happens."""
-    cpus: float | None = Field(default=None, gt=0)
-    memory_mb: int | None = Field(default=None, gt=0)
-    storage_mb: int | None = Field(default=None, gt=0)
+    cpus: float = Field(default=1.0, gt=0)
+    """Harbor's defaults (1 CPU, 2 GB memory, 10 GB storage) apply when a task names none: container
+    resources move scores, so they are never left unlimited."""
+    memory_mb: int = Field(default=2048, gt=0)
+    storage_mb: int = Field(default=10240, gt=0)
     gpus: int | None = Field(default=None, ge=0)
     env: dict[str, str] = {}
     workdir: str | None = None
@@ -125,20 +129,21 @@ class Task(BaseModel):
         return self.path / "solution"
 
 
-def load_task(path: Path, name: str | None = None) -> Task:
-    """Load and check a task directory; raises ConfigError saying which file and key is wrong."""
+def load_task(path: Path, name: str | None = None, *, pass_env: Collection[str] = ()) -> Task:
+    """Load and check a task directory; raises TaskConfigError saying which file and key is wrong, or
+    TaskUnsupportedError. `${VAR}` in its env tables may name only variables in `pass_env`."""
     path = Path(path)
     name = name or path.name
     where = f"task {name!r} ({path})"
     if not path.is_dir():
-        raise ConfigError(f"{where}: task directory does not exist")
+        raise TaskConfigError(f"{where}: task directory does not exist")
     toml_path = path / "task.toml"
     try:
         raw = tomllib.loads(toml_path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{where}: missing task.toml") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{toml_path}: malformed TOML: {exc}") from None
+        raise TaskConfigError(f"{where}: missing task.toml") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TaskConfigError(f"{toml_path}: malformed TOML: {exc}") from None
     try:
         config = TaskConfig.model_validate(raw)
     except ValidationError as exc:
@@ -147,27 +152,41 @@ def load_task(path: Path, name: str | None = None) -> Task:
             key = ".".join(str(p) for p in err["loc"])
             got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
             problems.append(f"{key}: {err['msg']}{got}")
-        raise ConfigError(f"{toml_path}: invalid task config:\n  " + "\n  ".join(problems)) from None
+        raise TaskConfigError(f"{toml_path}: invalid task config:\n  " + "\n  ".join(problems)) from None
     instruction_path = path / "instruction.md"
     if not instruction_path.is_file():
-        raise ConfigError(f"{where}: missing instruction.md")
+        raise TaskConfigError(f"{where}: missing instruction.md")
     if not (path / "tests" / "test.sh").is_file():
-        raise ConfigError(f"{where}: missing tests/test.sh (the verifier)")
+        raise TaskConfigError(f"{where}: missing tests/test.sh (the verifier)")
     if config.environment.docker_image is None:
-        if (path / "environment" / "docker-compose.yaml").is_file():
-            raise ConfigError(f"{where}: docker-compose environments are not supported yet; use environment/Dockerfile")
+        if any((path / "environment" / f).is_file() for f in ("docker-compose.yaml", "docker-compose.yml")):
+            raise TaskUnsupportedError(f"{where}: docker-compose environments are not supported yet")
         if not (path / "environment" / "Dockerfile").is_file():
-            raise ConfigError(
+            raise TaskConfigError(
                 f"{where}: missing environment/Dockerfile (or set [environment] docker_image in task.toml)"
             )
-    # `${VAR}` / `${VAR:-default}` in env tables refer to the host's environment, expanded once here.
-    for section in (config.environment, config.verifier, config.solution):
+    if config.environment.gpus:
+        raise TaskUnsupportedError(f"{where}: environment.gpus = {config.environment.gpus}: GPUs are not supported yet")
+    _expand_env(config, toml_path, name, pass_env)
+    return Task(name=name, path=path.resolve(), config=config, instruction=instruction_path.read_text())
+
+
+def _expand_env(config: TaskConfig, toml_path: Path, name: str, pass_env: Collection[str]) -> None:
+    """`${VAR}` / `${VAR:-default}` in env tables, from the host's environment, but only for variables the
+    job passes: a task from a registry must not copy your API key into its container."""
+    allowed = {key: os.environ[key] for key in pass_env if key in os.environ}
+    for section_name, section in (("environment", config.environment), ("verifier", config.verifier),
+                                  ("solution", config.solution)):
         for key, value in section.env.items():
+            for variable in referenced_names(value):
+                if variable not in pass_env:
+                    raise TaskConfigError(
+                        f"task {name!r}: {section_name}.env.{key} refers to ${{{variable}}}, which "
+                        "environment.pass_env does not list; a task reads only host variables the job passes"
+                    )
             try:
-                section.env[key] = expand_env_vars(value)
+                section.env[key] = expand_env_vars(value, allowed)
             except KeyError as exc:
-                section_name = type(section).__name__.removeprefix("Task").removesuffix("Config").lower()
-                raise ConfigError(
+                raise TaskConfigError(
                     f"{toml_path}: {section_name}.env.{key}: environment variable {exc.args[0]} is not set"
                 ) from None
-    return Task(name=name, path=path.resolve(), config=config, instruction=instruction_path.read_text())

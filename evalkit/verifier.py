@@ -1,76 +1,127 @@
-"""The verifier phase: upload `tests/`, run `tests/test.sh`, turn the reward file into numbers.
+"""The verifier phase: a clean `/tests` and `/logs/verifier`, `tests/test.sh`, and a reward parsed strictly.
 
-The reward files land in the trial directory through the /logs/verifier bind mount, so they are read on
-the host, with no copy out of the container.
+The verdict belongs to the verifier. By the time this runs, every process the agent started is dead (the
+trial kills them first), so nothing but `test.sh` writes here: `/tests` is removed and uploaded afresh (an
+agent-planted `conftest.py` does not survive), `/logs/verifier` starts empty. The reward file is read
+through the Environment: a symlink is never followed, a FIFO or device never opened, size is capped, and
+no error message carries more than a short escaped excerpt of what the container wrote.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import re
 
 import orjson
 
-from evalkit.environments import Environment
+from evalkit.environments import (
+    Environment,
+    FileMissingError,
+    FileTooLargeError,
+    NotARegularFileError,
+)
 from evalkit.errors import RewardFileEmptyError, RewardFileMissingError, RewardParseError, VerifierTimeoutError
 from evalkit.tasks import Task
 
+REWARD_DIR = "/logs/verifier"
 REWARD_FILES = ("reward.json", "reward.txt")
+MAX_REWARD_BYTES = 64 * 1024
+MAX_REWARD_KEYS = 64
+MAX_KEY_CHARS = 100
+REWARD_BOUND = 1e12
+"""Rewards outside ±1e12 are refused: sums and means over any realistic job then stay finite."""
+_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+"""A plain decimal literal: no `1_0` (Python's float() reads it as 10), no `inf`, `nan` or hex."""
+_EXCERPT_CHARS = 60
+
+_PREPARE = (
+    # As root, after the agent's processes are gone. /logs itself may have been replaced by the agent.
+    "{ [ -d /logs ] && [ ! -L /logs ]; } || { rm -rf /logs && mkdir -p /logs; } && "
+    f"rm -rf /tests {REWARD_DIR} && mkdir -p {REWARD_DIR} && chmod 777 {REWARD_DIR}"
+)
 
 
-def clear_reward_files(verifier_dir: Path) -> None:
-    """Stale rewards (a reused directory, an agent writing one) must never be mistaken for a verdict."""
-    for name in REWARD_FILES:
-        (verifier_dir / name).unlink(missing_ok=True)
-
-
-def reward_from_files(verifier_dir: Path) -> dict[str, float]:
-    """`reward.json` (a flat object of finite numbers) if present, else `reward.txt` (one float)."""
-    json_path, txt_path = (verifier_dir / name for name in REWARD_FILES)
-    if json_path.exists():
-        raw = json_path.read_bytes()
-        if not raw.strip():
-            raise RewardFileEmptyError("reward.json is empty")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise RewardParseError(f"reward.json is not valid JSON: {exc}") from None
-        if not isinstance(data, dict) or not data:
-            raise RewardParseError(f"reward.json must be a non-empty object of numbers, got {_preview(raw)}")
-        rewards = {}
-        for key, value in data.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise RewardParseError(f"reward.json: {key!r} must be a finite number, got {value!r}")
-            rewards[key] = float(value)
-        return rewards
-    if txt_path.exists():
-        raw = txt_path.read_bytes()
-        if not raw.strip():
-            raise RewardFileEmptyError("reward.txt is empty")
-        try:
-            value = float(raw.decode("utf-8", errors="replace").strip())
-        except ValueError:
-            raise RewardParseError(f"reward.txt must hold one number, got {_preview(raw)}") from None
-        if not math.isfinite(value):
-            raise RewardParseError(f"reward.txt must hold a finite number, got {value}")
-        return {"reward": value}
-    raise RewardFileMissingError("the verifier wrote neither /logs/verifier/reward.json nor reward.txt")
-
-
-def _preview(raw: bytes) -> str:
-    text = raw.decode("utf-8", errors="replace").strip()
-    return repr(text if len(text) <= 80 else text[:77] + "...")
-
-
-async def run_verifier(task: Task, env: Environment, verifier_dir: Path, *, timeout_sec: float | None) -> dict[str, float]:
-    clear_reward_files(verifier_dir)
+async def run_verifier(task: Task, env: Environment, *, timeout_sec: float | None) -> dict[str, float]:
+    prepared = await env.exec(_PREPARE, user="0", timeout_sec=60)
+    if prepared.exit_code != 0:
+        raise RuntimeError(f"could not reset /tests and {REWARD_DIR}: {excerpt(prepared.output)}")
     await env.put(task.tests_dir, "/tests")
     result = await env.exec(
-        "bash /tests/test.sh > /logs/verifier/test-stdout.txt 2>&1",
+        f"bash /tests/test.sh > {REWARD_DIR}/test-stdout.txt 2>&1",
         timeout_sec=timeout_sec,
         env=task.config.verifier.env,
         user=task.config.verifier.user,
     )
     if result.timed_out:
         raise VerifierTimeoutError(f"tests/test.sh outlived the verifier timeout of {timeout_sec:g} s")
-    return reward_from_files(verifier_dir)
+    return await read_reward(env)
+
+
+async def read_reward(env: Environment) -> dict[str, float]:
+    """`reward.json` if it exists, else `reward.txt`; RewardFileMissingError if neither does."""
+    for name in REWARD_FILES:
+        try:
+            raw = await env.read_file(f"{REWARD_DIR}/{name}", max_bytes=MAX_REWARD_BYTES)
+        except FileMissingError:
+            continue
+        except NotARegularFileError as exc:
+            raise RewardParseError(f"{name} is a {exc.file_type}, not a regular file; refused") from None
+        except FileTooLargeError as exc:
+            raise RewardParseError(f"{name} is larger than {MAX_REWARD_BYTES} bytes ({exc.size}); refused") from None
+        return parse_reward_json(raw) if name == "reward.json" else parse_reward_txt(raw)
+    raise RewardFileMissingError(f"the verifier wrote neither {REWARD_DIR}/reward.json nor reward.txt")
+
+
+def parse_reward_txt(raw: bytes) -> dict[str, float]:
+    """One decimal number, surrounding whitespace allowed."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    if not text:
+        raise RewardFileEmptyError("reward.txt is empty")
+    if not _FLOAT.fullmatch(text):
+        raise RewardParseError(f"reward.txt must hold one decimal number, got {excerpt(text)}")
+    return {"reward": _bounded("reward.txt", float(text), text)}
+
+
+def parse_reward_json(raw: bytes) -> dict[str, float]:
+    """A flat, non-empty object of at most MAX_REWARD_KEYS finite numbers."""
+    if not raw.strip():
+        raise RewardFileEmptyError("reward.json is empty")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RewardParseError(f"reward.json is not valid JSON: {excerpt(str(exc))}") from None
+    if not isinstance(data, dict) or not data:
+        raise RewardParseError(f"reward.json must be a non-empty object of numbers, got {excerpt(raw)}")
+    if len(data) > MAX_REWARD_KEYS:
+        raise RewardParseError(f"reward.json has {len(data)} keys; at most {MAX_REWARD_KEYS} are allowed")
+    rewards = {}
+    for key, value in data.items():
+        if len(key) > MAX_KEY_CHARS:
+            raise RewardParseError(f"reward.json: key {excerpt(key)} is longer than {MAX_KEY_CHARS} characters")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RewardParseError(f"reward.json: {excerpt(key)} must be a number, got {_json_type(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        rewards[key] = _bounded(f"reward.json: {excerpt(key)}", number, str(value))
+    return rewards
+
+
+def _bounded(what: str, value: float, text: str) -> float:
+    if not math.isfinite(value) or abs(value) > REWARD_BOUND:
+        raise RewardParseError(f"{what} must be a finite number within ±{REWARD_BOUND:g}, got {excerpt(text)}")
+    return value
+
+
+def _json_type(value: object) -> str:
+    return {bool: "a boolean", str: "a string", list: "an array", dict: "an object", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def excerpt(raw: bytes | str) -> str:
+    """At most a short, escaped excerpt of container-written text: never a file's content."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    text = text.strip()
+    return repr(text if len(text) <= _EXCERPT_CHARS else text[:_EXCERPT_CHARS] + "…")
