@@ -56,7 +56,7 @@ def test_an_unknown_version_lists_the_versions(tmp_path):
 def test_broken_registries_are_refused_with_the_place_of_the_problem(tmp_path):
     path = tmp_path / "registry.json"
     path.write_text('[{"name": "x", "version": "1.0", "tasks": [{"name": "t"}]}]')
-    with pytest.raises(ConfigError, match=r"is not a Harbor registry.json: \[0\]\.tasks\[0\]\.path: Field required$"):
+    with pytest.raises(ConfigError, match=r"is not a Harbor registry.json: dataset x@1\.0, task entry 0: path: Field required$"):
         read_registry(path)
     path.write_text("[{")
     with pytest.raises(ConfigError, match="is not a Harbor registry.json: : Invalid JSON"):
@@ -92,7 +92,7 @@ async def registry_server(tmp_path):
 
 
 async def test_a_registry_from_a_url_is_cached_for_offline_runs(tmp_path, registry_server, caplog):
-    write_registry(tmp_path / "served.json", [{"name": "t", "git_url": "file:///r.git", "git_commit_id": "HEAD", "path": "t"}])
+    write_registry(tmp_path / "served.json", [{"name": "t", "git_url": "https://git.example/r.git", "git_commit_id": "HEAD", "path": "t"}])
     url = f"{registry_server.url}/registry.json"
     cache_dir = tmp_path / "cache"
     registry = await load_registry(url, base_dir=tmp_path, cache_dir=cache_dir)
@@ -115,3 +115,16 @@ async def test_a_missing_registry_url_and_local_tasks_in_a_url_registry_are_conf
     with pytest.raises(ConfigError) as caught:
         await resolve_tasks(config, base_dir=tmp_path)
     assert str(caught.value) == "task 'mine' has no git_url, and a registry loaded from a URL has no local tasks"
+
+
+@pytest.mark.parametrize("git_url", ["file:///srv/private.git", "ssh://git@host/r.git", "http://git.example/r.git", "/srv/r.git"])
+async def test_a_registry_from_a_url_names_only_https_repositories(tmp_path, registry_server, git_url):
+    write_registry(tmp_path / "served.json", [{"name": "t", "git_url": git_url, "git_commit_id": "HEAD", "path": "t"}])
+    url = f"{registry_server.url}/registry.json"
+    with pytest.raises(ConfigError) as caught:
+        await load_registry(url, base_dir=tmp_path, cache_dir=tmp_path / "cache")
+    assert str(caught.value) == (
+        f"registry {url}: dataset gitbench@1.0, task entry 0 ('t'): git_url {git_url!r} is refused; "
+        "a registry loaded from a URL may only name https:// repositories"
+    )
+    assert not (tmp_path / "cache").exists()  # nothing cached, nothing fetched

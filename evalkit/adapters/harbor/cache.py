@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from evalkit.adapters.harbor.config import TaskSpec
 from evalkit.adapters.harbor.git import FULL_SHA, SHORT_SHA, BareRepo, GitError
+from evalkit.adapters.harbor.local import outward_symlink
 from evalkit.errors import ConfigError, InfrastructureError
 
 log = logging.getLogger(__name__)
@@ -258,16 +259,8 @@ def _missing_commit(url: str, cid: str, paths: dict[str, list[str]]) -> str:
 
 
 def _refuse_outward_symlinks(task_dir: Path, names: list[str]) -> None:
-    """A link out of the task directory could hand host files to a container; refuse it."""
-    root = task_dir.resolve()
-    for parent, dirs, files in os.walk(task_dir):
-        for entry in dirs + files:
-            link = Path(parent, entry)
-            if link.is_symlink() and not Path(os.path.realpath(link)).is_relative_to(root):
-                raise ConfigError(
-                    f"{describe(names)}: {link.relative_to(task_dir)} is a symlink to {os.readlink(link)!r}, "
-                    "outside the task directory; refused"
-                )
+    if (problem := outward_symlink(task_dir)) is not None:
+        raise ConfigError(f"{describe(names)}: {problem}; refused")
 
 
 @asynccontextmanager

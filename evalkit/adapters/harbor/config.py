@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 from pydantic import Field, model_validator
@@ -29,6 +30,8 @@ class TaskSpec(StrictModel):
             raise ValueError(f"task {self.path!r}: `git_commit_id` needs a `git_url`")
         if not self.task_name:
             raise ValueError(f"task {self.path!r}: give it a `name` (its path has no last component)")
+        if (problem := task_name_problem(self.task_name)) is not None:
+            raise ValueError(f"task name {self.task_name!r} {problem}")
         return self
 
     @property
@@ -39,6 +42,25 @@ class TaskSpec(StrictModel):
     def commit(self) -> str | None:
         """The commit as written (`HEAD` when unset) for a git task; None for a local one."""
         return (self.git_commit_id or "HEAD") if self.git_url else None
+
+
+MAX_TASK_NAME_BYTES = 200
+"""Try directories are `<name>__<attempt>-try<k>`: that must fit a file name (255 bytes)."""
+
+
+def task_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a task (it becomes a directory name in the job), or None."""
+    if not name:
+        return "is empty"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if ".." in name or name == ".":
+        return "contains '..' or is '.'"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return "contains a control character"
+    if len(name.encode()) > MAX_TASK_NAME_BYTES:
+        return f"is longer than {MAX_TASK_NAME_BYTES} bytes"
+    return None
 
 
 class DatasetConfig(StrictModel):

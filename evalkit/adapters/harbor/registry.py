@@ -113,11 +113,32 @@ def parse_registry(data: bytes, *, location: str, task_root: Path | None) -> Reg
         datasets = _DATASETS.validate_json(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{''.join(f'[{p}]' if isinstance(p, int) else f'.{p}' for p in err['loc'])}: {err['msg']}"
-            for err in exc.errors(include_url=False)[:3]
+            f"{_entry(data, err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)[:3]
         )
         raise ConfigError(f"registry {location} is not a Harbor registry.json: {problems}") from None
+    if task_root is None:  # from a URL: whoever serves it must not point git at local or ssh repositories
+        for dataset in datasets:
+            for i, task in enumerate(dataset.tasks):
+                if task.git_url is not None and not task.git_url.startswith("https://"):
+                    raise ConfigError(
+                        f"registry {location}: dataset {dataset.ref}, task entry {i} ({task.name!r}): git_url "
+                        f"{task.git_url!r} is refused; a registry loaded from a URL may only name https:// repositories"
+                    )
     return Registry(datasets, location=location, task_root=task_root)
+
+
+def _entry(data: bytes, loc: tuple[int | str, ...]) -> str:
+    """An error location, naming the dataset and task entry when the raw JSON allows (`[0].tasks[3]` →
+    `dataset d@1.0, task entry 3`)."""
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    try:
+        entry = orjson.loads(data)[loc[0]]
+        named = f"dataset {entry['name']}@{entry['version']}"
+    except (orjson.JSONDecodeError, LookupError, TypeError):
+        return where
+    if len(loc) >= 3 and loc[1] == "tasks" and isinstance(loc[2], int):
+        return f"{named}, task entry {loc[2]}" + (f": {'.'.join(map(str, loc[3:]))}" if loc[3:] else "")
+    return f"{named} ({where})"
 
 
 def read_registry(path: Path) -> Registry:

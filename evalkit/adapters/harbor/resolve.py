@@ -60,7 +60,9 @@ async def resolve_tasks(config: DatasetConfig, *, base_dir: Path, job_dir: Path 
     else:
         specs, root = await _source(config, base_dir)
         specs = select(specs, config)
-    local = {i: local_task_dir(spec, root) for i, spec in enumerate(specs) if spec.git_url is None}
+    local = await asyncio.to_thread(
+        lambda: {i: local_task_dir(spec, root) for i, spec in enumerate(specs) if spec.git_url is None}
+    )
     cache = GitTaskCache(config.cache_path(base_dir), max_concurrent=config.max_concurrent_fetches)
     checkouts = iter(await cache.fetch([spec for spec in specs if spec.git_url is not None]))
     refs = []
