@@ -61,7 +61,7 @@ class EnvironmentConfig(StrictModel):
     strangers: any other reference is an error for that task, so your keys never reach its container."""
     pids_limit: int = Field(default=4096, ge=16)
     """Processes a container may have at once: a fork bomb stops there instead of at the host's limit."""
-    download_max_mb: int = Field(default=256, ge=1)
+    download_max_mb: int = Field(default=100, ge=1)
     """Per try, per directory (`/logs/agent`, `/logs/verifier`, `/logs/artifacts`): file data copied back
     to the host; what does not fit is listed in `result.json` and left behind."""
     download_max_files: int = Field(default=10_000, ge=1)

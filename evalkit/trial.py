@@ -22,6 +22,7 @@ from evalkit.config import TimeoutsConfig
 from evalkit.environments import Environment
 from evalkit.errors import (
     AgentExitError,
+    AgentProcessesSurvivedError,
     AgentSetupError,
     AgentTimeoutError,
     ContainerLostError,
@@ -39,8 +40,13 @@ if TYPE_CHECKING:
 AGENT_GRACE_SEC = 30.0
 """An agent's `run` must return by its timeout; the engine cuts it off this much later if it does not."""
 TRAJECTORY_FILE = "litellm-trajectory.jsonl"
-LOG_COPIES = (("/logs/agent", "agent"), ("/logs/verifier", "evaluation"), ("/logs/artifacts", "artifacts"))
-"""Container directory → try subdirectory, copied out after the phase that writes it."""
+VERDICT_FILE = "verdict.json"
+LOG_COPIES = (
+    ("/logs/agent", "agent", {TRAJECTORY_FILE}),
+    ("/logs/verifier", "evaluation", {VERDICT_FILE}),
+    ("/logs/artifacts", "artifacts", set()),
+)
+"""Container directory → try subdirectory, and the names there that only the host writes."""
 _MESSAGE_CHARS = 4000
 
 
@@ -146,9 +152,9 @@ async def run_try(
             timing.finished_at = utcnow()
 
     def record(exc: BaseException) -> None:
-        # The first error stands, except that a lost container or engine explains whatever the agent's
-        # exit looked like.
-        if result.error is None or isinstance(exc, (ContainerLostError, DockerUnavailableError)):
+        # The first error stands, except those that explain whatever the agent's exit looked like and why
+        # no verdict follows.
+        if result.error is None or isinstance(exc, (ContainerLostError, DockerUnavailableError, AgentProcessesSurvivedError)):
             result.error = error_info(exc, phase=current, agent_started=agent_started)
 
     await _in_thread(spec.try_dir.mkdir, parents=True, exist_ok=True)
@@ -175,8 +181,7 @@ async def run_try(
                 if access is not None:  # the key dies with the agent phase, before the verifier runs
                     result.agent_outcome.usage = await uncancellable(gateway.close_trial(access.api_key))  # type: ignore[union-attr]
                 await env.kill_agent_processes()
-                source, target = LOG_COPIES[0]
-                result.downloads[target] = await env.download(source, spec.try_dir / target, **_caps(spec))
+                await _copy_out(env, spec, result, LOG_COPIES[0])
             with phase("verifier"):
                 result.rewards = await run_verifier(task, env, timeout_sec=timeouts.verifier)
         except Exception as exc:  # every failure of one try is that try's result, never the job's crash
@@ -185,10 +190,9 @@ async def run_try(
             if access is not None and result.agent_outcome.usage is None:
                 result.agent_outcome.usage = await uncancellable(gateway.close_trial(access.api_key))  # type: ignore[union-attr]
         if result.environment is not None:
-            await _write(spec.try_dir / "evaluation" / "verdict.json", _verdict(result))  # before the copy: ours wins
-            for source, target in LOG_COPIES:
-                if target not in result.downloads:  # the agent's, when its phase ended early
-                    result.downloads[target] = await env.download(source, spec.try_dir / target, **_caps(spec))
+            for copy in LOG_COPIES:
+                if copy[1] not in result.downloads:  # the agent's too, when its phase ended early
+                    await _copy_out(env, spec, result, copy)
     finally:
         try:
             await uncancellable(env.stop())
@@ -196,8 +200,7 @@ async def run_try(
             record(exc)
     result.finished_at = utcnow()
     result.will_retry = retry_if is not None and retry_if(result)
-    if result.environment is None:
-        await _write(spec.try_dir / "evaluation" / "verdict.json", _verdict(result))
+    await _write(spec.try_dir / "evaluation" / VERDICT_FILE, _verdict(result))
     await _write(spec.try_dir / "result.json", result)
     return result
 
@@ -212,8 +215,12 @@ async def _run_agent(agent: Agent, task: Task, env: Environment, access: Any, ti
     return AgentOutcome(exit_code=outcome.exit_code, timed_out=outcome.timed_out)
 
 
-def _caps(spec: TrySpec) -> dict[str, int]:
-    return {"max_bytes": spec.download_max_bytes, "max_files": spec.download_max_files}
+async def _copy_out(env: Environment, spec: TrySpec, result: TrialResult, copy: tuple[str, str, set[str]]) -> None:
+    source, target, reserved = copy
+    result.downloads[target] = await env.download(
+        source, spec.try_dir / target, max_bytes=spec.download_max_bytes, max_files=spec.download_max_files,
+        reserved=reserved,
+    )
 
 
 def _verdict(result: TrialResult) -> dict[str, Any]:

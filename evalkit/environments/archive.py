@@ -19,7 +19,7 @@ import queue
 import stat
 import tarfile
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path, PurePosixPath
 from typing import IO, TypeVar
 
@@ -99,11 +99,12 @@ class _Pipe(io.RawIOBase):
 
 def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
     """Run `fn` in a new thread of its own (never the shared default pool, which a slow stream would
-    hold); the future completes on the loop."""
+    hold). The future completes on the loop once the thread has ended."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: object, error: BaseException | None) -> None:
+    def settle(thread: threading.Thread, result: object, error: BaseException | None) -> None:
+        thread.join()  # it has nothing left to do but return: this wait is microseconds
         if not future.done():
             future.set_exception(error) if error is not None else future.set_result(result)  # type: ignore[arg-type]
 
@@ -112,9 +113,10 @@ def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
             result, error = fn(), None
         except BaseException as exc:  # handed to the awaiting task
             result, error = None, exc
-        loop.call_soon_threadsafe(settle, result, error)
+        loop.call_soon_threadsafe(settle, thread, result, error)
 
-    threading.Thread(target=target, name=name, daemon=True).start()
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
     return future
 
 
@@ -179,8 +181,9 @@ def printable(name: str) -> str:
 
 
 class _Extraction:
-    def __init__(self, target: Path, max_bytes: int, max_files: int) -> None:
+    def __init__(self, target: Path, max_bytes: int, max_files: int, reserved: Collection[str]) -> None:
         self.target = target
+        self.reserved = frozenset(reserved)
         self.max_bytes = max_bytes
         self.max_files = max_files
         self.report = DownloadReport()
@@ -225,6 +228,9 @@ class _Extraction:
             self.skip(member.name, "path outside the directory")
             return True
         relative = "/".join(parts[1:])
+        if parts[1] in self.reserved:
+            self.skip(relative, "reserved for the host's own file")
+            return True
         if member.isdir():
             if self.directory(parts[1:]) is None:
                 self.skip(relative, "a file of that name is already there")
@@ -278,7 +284,9 @@ class _Extraction:
         return path
 
 
-def extraction_reader(target: Path, *, max_bytes: int, max_files: int) -> Callable[[IO[bytes]], DownloadReport]:
+def extraction_reader(
+    target: Path, *, max_bytes: int, max_files: int, reserved: Collection[str] = ()
+) -> Callable[[IO[bytes]], DownloadReport]:
     """A reader that unpacks a directory's archive into `target` (the archive's top entry is the
     directory itself), with the rules above."""
-    return _Extraction(target, max_bytes, max_files).run
+    return _Extraction(target, max_bytes, max_files, reserved).run

@@ -9,6 +9,7 @@ container made.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -119,10 +120,13 @@ class Environment(Protocol):
         """One regular file's bytes. Raises `FileMissingError`, `NotARegularFileError` (a symlink is never
         followed; a FIFO or device is never opened) or `FileTooLargeError`."""
 
-    async def download(self, source_dir: str, target_dir: Path, *, max_bytes: int, max_files: int) -> DownloadReport:
+    async def download(
+        self, source_dir: str, target_dir: Path, *, max_bytes: int, max_files: int, reserved: Collection[str] = ()
+    ) -> DownloadReport:
         """Copy a container directory into a host directory: regular files and directories only, paths
         kept inside `target_dir`, files already there never overwritten, at most `max_bytes` of file data
-        and `max_files` entries. Works on a stopped container too."""
+        and `max_files` entries (files and directories). Top-level names in `reserved` belong to the host
+        (a trajectory, a verdict) and are never copied, present or not. Works on a stopped container too."""
 
     async def kill_agent_processes(self) -> int:
         """Kill every process that was not running right after `start` (daemons that called `setsid`

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,9 @@ _OUTPUT_CAP = 1 << 20
 _STORAGE_DRIVERS = {"btrfs", "devicemapper", "windowsfilter", "zfs"}
 """Drivers that cap a container's writable layer; overlay2 can too, on xfs with project quotas."""
 _KILL_ROUNDS = 200
+_CONTAINER_GONE = ("No such container", "is not running", "stopped state", "is restarting")
+"""How the engine says a container is gone, whatever status code it picks (404, 409, 500)."""
+KILL_TIMEOUT_SEC = 10.0
 
 
 def default_docker_host() -> str:
@@ -111,7 +114,7 @@ def engine_errors(doing: str) -> Iterator[None]:
     except aiodocker.DockerError as exc:
         if exc.status == 900:  # aiodocker's code for "cannot connect"
             raise DockerUnavailableError(f"the Docker engine stopped answering while {doing}") from None
-        if exc.status in (404, 409) and ("No such container" in exc.message or "is not running" in exc.message):
+        if any(sign in exc.message for sign in _CONTAINER_GONE):
             raise ContainerLostError(f"the container stopped or vanished while {doing}: {exc.message}") from None
         raise
     except (aiohttp.ClientError, ConnectionError) as exc:
@@ -182,11 +185,16 @@ class DockerBackend:
 
     @staticmethod
     async def _remove_logged(container: aiodocker.containers.DockerContainer) -> None:
-        try:
-            await _remove(container)
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
-            # Labelled with its job id: the next run of the job (or `evalkit clean`) removes it.
-            logger.warning("could not remove container %s: %s", container.id[:12], exc)
+        for delay in (1, 2, 4, None):  # a container with thousands of processes can outlast one kill
+            try:
+                await _remove(container)
+                return
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+                if delay is None:
+                    # Labelled with its job id: the next run of the job (or `evalkit clean`) removes it.
+                    logger.warning("could not remove container %s: %s", container.id[:12], exc)
+                    return
+                await asyncio.sleep(delay)
 
     async def archive(self, source: Path, target: str) -> bytes:
         """A tar of `source` laid out under `target`, built once per job in a thread (tests/, solution/)."""
@@ -274,20 +282,24 @@ done
 echo "$listed"
 """
 _KILL = _LIST + r"""
-keep=" $* "; killed=0; round=0
+keep=" $* "; done=" "; killed=0; round=0
 while [ $round -lt ROUNDS ]; do
   round=$((round + 1)); victims=
   list
   for entry in $listed; do
-    case "$keep" in *" $entry "*) continue ;; esac
-    kill -STOP "${entry%%:*}" 2>/dev/null && victims="$victims ${entry%%:*}"
+    case "$keep$done" in *" $entry "*) continue ;; esac
+    kill -STOP "${entry%%:*}" 2>/dev/null && victims="$victims $entry"
   done
   [ -z "$victims" ] && { echo "killed=$killed"; exit 0; }
-  for p in $victims; do kill -KILL "$p" 2>/dev/null && killed=$((killed + 1)); done
+  for entry in $victims; do
+    kill -KILL "${entry%%:*}" 2>/dev/null && killed=$((killed + 1))
+    done="$done$entry "
+  done
 done
 echo "killed=$killed"; exit 1
 """.replace("ROUNDS", str(_KILL_ROUNDS))
-# Stopped first, killed after: a stopped process cannot fork, so a fork bomb shrinks every round.
+# Stopped first, killed after: a stopped process cannot fork, so a fork bomb shrinks every round. A killed
+# process can take a moment to disappear under load; it runs no more code, so it counts as done.
 _ENTRY = re.compile(r"^\d+:\d+$")
 
 
@@ -430,15 +442,40 @@ class DockerEnvironment:
         return ExecResult(exit_code=await _exit_code(execution), output=_decode(chunks))
 
     async def kill_agent_processes(self) -> int:
-        with engine_errors("stopping the agent's processes"):
-            result = await self._run_quietly(_KILL, *self._baseline)
+        try:
+            async with asyncio.timeout(KILL_TIMEOUT_SEC):
+                with engine_errors("stopping the agent's processes"):
+                    result = await self._run_quietly(_KILL, *self._baseline)
+        except TimeoutError:
+            # An exec needs a free pid in the container: a fork bomb that filled its pids limit leaves none.
+            raise AgentProcessesSurvivedError(
+                f"could not stop the agent's processes within {KILL_TIMEOUT_SEC:g} s (is the container's pids "
+                "limit exhausted?); the verifier did not run"
+            ) from None
         counts = re.findall(r"killed=(\d+)", result.output)
         killed = int(counts[-1]) if counts else 0
+        if not counts:  # the script itself was killed: most likely with its container, which takes a moment
+            await self._check_running("stopping the agent's processes", settle_sec=3.0)
+            raise AgentProcessesSurvivedError("the engine's kill script was itself killed; the verifier did not run")
         if result.exit_code != 0:
             raise AgentProcessesSurvivedError(
                 f"processes the agent started were still appearing after {_KILL_ROUNDS} kill rounds ({killed} killed)"
             )
         return killed
+
+    async def _check_running(self, doing: str, *, settle_sec: float) -> None:
+        """ContainerLostError if the container stops within `settle_sec` (the engine notices a dead init
+        process a moment after its other processes died)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + settle_sec
+        while True:
+            with engine_errors(doing):
+                state = (await self._running().show()).get("State", {})
+            if not state.get("Running"):
+                raise ContainerLostError(f"the container stopped while {doing} (exit code {state.get('ExitCode')})")
+            if loop.time() >= end:
+                return
+            await asyncio.sleep(0.1)
 
     async def put(self, source: Path, target: str) -> None:
         data = await self.backend.archive(source, target)
@@ -464,11 +501,14 @@ class DockerEnvironment:
             async with self._archive(path) as chunks:
                 return await read_tar_stream(chunks, single_file_reader(path, max_bytes))
 
-    async def download(self, source_dir: str, target_dir: Path, *, max_bytes: int, max_files: int) -> DownloadReport:
+    async def download(
+        self, source_dir: str, target_dir: Path, *, max_bytes: int, max_files: int, reserved: Collection[str] = ()
+    ) -> DownloadReport:
+        reader = extraction_reader(target_dir, max_bytes=max_bytes, max_files=max_files, reserved=reserved)
         try:
             with engine_errors(f"copying {source_dir} out"):
                 async with self._archive(source_dir) as chunks:
-                    return await read_tar_stream(chunks, extraction_reader(target_dir, max_bytes=max_bytes, max_files=max_files))
+                    return await read_tar_stream(chunks, reader)
         except (FileMissingError, ContainerLostError, DockerUnavailableError, aiodocker.DockerError) as exc:
             return DownloadReport(error=str(exc))
 
