@@ -156,10 +156,10 @@ class Job:
         try:
             await self._prepare()
         except OSError as exc:
-            self.close()
+            await asyncio.to_thread(self._lock.release_and_remove_empty)
             raise InfrastructureError(f"cannot use the job directory {self.job_dir}: {exc}") from None
         except BaseException:
-            self.close()
+            await uncancellable(asyncio.to_thread(self._lock.release_and_remove_empty))
             raise
         self.progress = Progress(total=len(self.trials))
         for trial in self.trials:

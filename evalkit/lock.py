@@ -22,11 +22,15 @@ class JobLock:
         self.path = job_dir / LOCK_FILE
         self.job_name = job_name
         self._fd: int | None = None
+        self.created: list[Path] = []
+        """Directories `acquire` made, deepest first: a job that fails to prepare leaves none of them."""
 
     def acquire(self) -> None:
         """Create the job directory if needed and take the lock; JobRunningError names the holder."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            job_dir = self.path.parent
+            self.created = [p for p in (job_dir, *job_dir.parents) if not p.exists()]
+            job_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise InfrastructureError(f"cannot create the job directory {self.path.parent}: {exc.strerror}") from None
@@ -49,6 +53,17 @@ class JobLock:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+    def release_and_remove_empty(self) -> None:
+        """For a job that failed before writing anything: leave no directory it made."""
+        if self._fd is not None and self.created and [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+            self.path.unlink()
+            for directory in self.created:
+                try:
+                    directory.rmdir()
+                except OSError:  # not empty (someone else's files): keep it and its parents
+                    break
+        self.release()
 
 
 def job_is_running(job_dir: Path) -> bool:

@@ -28,7 +28,7 @@ async def _run(job: Job, config: JobConfig, console: Console, quiet: bool) -> in
     if job.task_errors:  # up front, whatever --quiet says: these tasks will not run at all
         console.print(f"[yellow]{len(job.task_errors)} task(s) cannot run and are recorded as errors:")
         for name, problem in job.task_errors.items():
-            console.print(f"  {escape(name)}: {escape(problem)}", highlight=False)
+            console.print(f"  {escape(name)}: {escape(problem)}", highlight=False, soft_wrap=True)
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -189,10 +189,8 @@ async def run_try(
         finally:
             if access is not None and result.agent_outcome.usage is None:
                 result.agent_outcome.usage = await uncancellable(gateway.close_trial(access.api_key))  # type: ignore[union-attr]
-        if result.environment is not None:
-            for copy in LOG_COPIES:
-                if copy[1] not in result.downloads:  # the agent's too, when its phase ended early
-                    await _copy_out(env, spec, result, copy)
+        if result.environment is not None:  # the agent's logs too, when its phase ended early
+            await asyncio.gather(*(_copy_out(env, spec, result, copy) for copy in LOG_COPIES if copy[1] not in result.downloads))
     finally:
         try:
             await uncancellable(env.stop())
@@ -247,4 +245,6 @@ async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
     except OSError as exc:
         where = exc.filename or (args[0] if args else "")
-        raise JobFailedError(f"cannot write {where}: {exc.strerror or exc}") from None
+        raise JobFailedError(
+            f"cannot write {where}: {exc.strerror or exc}; finished tries are kept, and running the job again resumes it"
+        ) from None

@@ -89,7 +89,7 @@ def parse_reward_json(raw: bytes) -> dict[str, float]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise RewardParseError(f"reward.json is not valid JSON: {excerpt(str(exc))}") from None
+        raise RewardParseError(f"reward.json is not valid JSON ({str(exc)[:200]})") from None  # position, no content
     if not isinstance(data, dict) or not data:
         raise RewardParseError(f"reward.json must be a non-empty object of numbers, got {excerpt(raw)}")
     if len(data) > MAX_REWARD_KEYS:

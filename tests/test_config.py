@@ -77,10 +77,63 @@ def test_cli_overrides_apply(tmp_path: Path):
     assert (config.n_concurrent, config.dataset.n_tasks, config.agent.name) == (7, 2, "nop")
 
 
+SECRETS = {"agent": {"name": "oracle", "kwargs": {
+    "api_key": "sk-123", "headers": {"Authorization": "Bearer tok-1", "X-Trace": "plain"},
+    "note": "Bearer tok-2", "endpoint": "https://user:pw@host/v1", "cookie": "sid=1", "model": "m",
+}}}
+
+
 def test_secrets_are_redacted_in_snapshots():
     from evalkit.config import config_from_dict
 
-    config = config_from_dict(
-        {"job_name": "x", "dataset": {"name": "d"}, "agent": {"name": "oracle", "kwargs": {"api_key": "sk-123"}}}
-    )
-    assert config.redacted()["agent"]["kwargs"]["api_key"] == "***"
+    config = config_from_dict({"job_name": "x", "dataset": {"name": "d"}, **SECRETS})
+    kwargs = config.redacted()["agent"]["kwargs"]
+    assert kwargs == {"api_key": "***", "headers": {"Authorization": "***", "X-Trace": "***"}, "note": "***",
+                      "endpoint": "***", "cookie": "***", "model": "m"}
+
+
+def test_identity_holds_secrets_as_salted_hashes():
+    from evalkit.config import SECRET_MARK, config_from_dict
+
+    config = config_from_dict({"job_name": "x", "dataset": {"name": "d"}, **SECRETS})
+    kwargs = config.identity("salt-a")["agent"]["kwargs"]
+    assert kwargs["model"] == "m"
+    hashed = [kwargs["api_key"], kwargs["headers"]["Authorization"], kwargs["note"], kwargs["endpoint"], kwargs["cookie"]]
+    assert all(v.startswith(SECRET_MARK) for v in hashed) and len(set(hashed)) == 5
+    assert "sk-123" not in str(config.identity("salt-a")) and "tok-1" not in str(config.identity("salt-a"))
+    assert config.identity("salt-a") == config.identity("salt-a")
+    assert config.identity("salt-b")["agent"]["kwargs"]["api_key"] != kwargs["api_key"]
+    changed = config_from_dict({"job_name": "x", "dataset": {"name": "d"},
+                                "agent": {**SECRETS["agent"], "kwargs": {**SECRETS["agent"]["kwargs"], "api_key": "sk-456"}}})
+    assert changed.identity("salt-a")["agent"]["kwargs"]["api_key"] != kwargs["api_key"]
+
+
+def test_pass_env_names_are_checked(tmp_path: Path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("job_name: x\ndataset:\n  name: d\nenvironment:\n  pass_env: [GOOD_1, 'bad name']\n")
+    with pytest.raises(ConfigError, match=rf"{path}:5: environment.pass_env\[1\]: String should match pattern"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("error_type", "kind", "retried"),
+    [
+        ("EnvironmentStartError", "infrastructure", True),
+        ("DockerUnavailableError", "infrastructure", True),
+        ("AgentSetupError", "infrastructure", True),
+        ("RuntimeError", "infrastructure", False),  # unexpected: a bug, not a hiccup
+        ("AgentTimeoutError", "agent", False),
+        ("ContainerLostError", "agent", False),
+        ("RewardParseError", "verifier", False),
+        ("EnvironmentBuildError", "task", False),
+        ("TaskConfigError", "task", False),
+    ],
+)
+def test_default_retry_policy_is_known_infrastructure_errors_only(error_type: str, kind: str, retried: bool):
+    from evalkit.config import RetryConfig
+    from evalkit.results import ErrorInfo
+
+    error = ErrorInfo(type=error_type, kind=kind, phase="environment", message="m")
+    assert RetryConfig().should_retry(error) is retried
+    assert RetryConfig(include_errors=["AgentTimeoutError"]).should_retry(error) is (error_type == "AgentTimeoutError")
+    assert RetryConfig(exclude_errors=["EnvironmentStartError"]).should_retry(error) is (retried and error_type != "EnvironmentStartError")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.errors import ConfigError
+from evalkit.errors import TaskConfigError, TaskUnsupportedError
 from evalkit.tasks import load_task
 from tests.conftest import BENCHMARKS, write_task
 
@@ -20,15 +20,16 @@ def test_legacy_and_unknown_keys_load():
     assert task.config.metadata
 
 
-def test_defaults_follow_harbor():
-    task = load_task(BENCHMARKS / "evalkit-smoke" / "hello-file")
-    assert task.config.verifier.timeout_sec > 0
-    assert task.config.environment.build_timeout_sec == 600
+def test_defaults_follow_harbor(tmp_path: Path):
+    task = load_task(write_task(tmp_path, "bare", task_toml=""))
+    env = task.config.environment
+    assert (env.cpus, env.memory_mb, env.storage_mb) == (1.0, 2048, 10240)
+    assert (task.config.verifier.timeout_sec, task.config.agent.timeout_sec, env.build_timeout_sec) == (600, None, 600)
 
 
 def test_wrong_types_name_the_file_and_key(tmp_path: Path):
     task = write_task(tmp_path, "t", task_toml='[agent]\ntimeout_sec = "soon"\n[environment]\ncpus = "many"\n')
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(TaskConfigError) as info:
         load_task(task)
     assert str(info.value) == (
         f"{task / 'task.toml'}: invalid task config:\n"
@@ -39,28 +40,50 @@ def test_wrong_types_name_the_file_and_key(tmp_path: Path):
 
 def test_malformed_toml(tmp_path: Path):
     task = write_task(tmp_path, "t", task_toml="[agent\n")
-    with pytest.raises(ConfigError, match=rf"^{task / 'task.toml'}: malformed TOML: "):
+    with pytest.raises(TaskConfigError, match=rf"^{task / 'task.toml'}: malformed TOML: "):
         load_task(task)
 
 
 def test_missing_test_script(tmp_path: Path):
     task = write_task(tmp_path, "t")
     (task / "tests" / "test.sh").unlink()
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(TaskConfigError) as info:
         load_task(task)
     assert str(info.value) == f"task 't' ({task}): missing tests/test.sh (the verifier)"
 
 
 def test_missing_dockerfile_without_prebuilt_image(tmp_path: Path):
     task = write_task(tmp_path, "t", dockerfile=None)
-    with pytest.raises(ConfigError, match=r"missing environment/Dockerfile \(or set \[environment\] docker_image"):
+    with pytest.raises(TaskConfigError, match=r"missing environment/Dockerfile \(or set \[environment\] docker_image"):
         load_task(task)
 
 
-def test_env_tables_expand_host_variables(tmp_path: Path, monkeypatch):
+def test_env_tables_expand_only_variables_the_job_passes(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("EVALKIT_TEST_TOKEN", "abc")
+    monkeypatch.setenv("EVALKIT_TEST_SECRET", "sk-never")
     task = write_task(tmp_path, "t", task_toml='[verifier.env]\nA = "${EVALKIT_TEST_TOKEN}"\nB = "${EVALKIT_NOPE:-dflt}"\n')
-    assert load_task(task).config.verifier.env == {"A": "abc", "B": "dflt"}
+    assert load_task(task, pass_env=["EVALKIT_TEST_TOKEN", "EVALKIT_NOPE"]).config.verifier.env == {"A": "abc", "B": "dflt"}
+    with pytest.raises(TaskConfigError) as caught:
+        load_task(task, pass_env=["EVALKIT_TEST_TOKEN"])
+    assert str(caught.value) == (
+        "task 't': verifier.env.B refers to ${EVALKIT_NOPE}, which environment.pass_env does not list; "
+        "a task reads only host variables the job passes"
+    )
+    write_task(tmp_path, "s", task_toml='[environment.env]\nX = "key=${EVALKIT_TEST_SECRET}"\n')
+    with pytest.raises(TaskConfigError, match=r"^task 's': environment.env.X refers to \$\{EVALKIT_TEST_SECRET\}"):
+        load_task(tmp_path / "s")
     write_task(tmp_path, "u", task_toml='[solution.env]\nA = "${EVALKIT_NOPE}"\n')
-    with pytest.raises(ConfigError, match=r"solution.env.A: environment variable EVALKIT_NOPE is not set"):
-        load_task(tmp_path / "u")
+    with pytest.raises(TaskConfigError, match=r"solution.env.A: environment variable EVALKIT_NOPE is not set"):
+        load_task(tmp_path / "u", pass_env=["EVALKIT_NOPE"])
+
+
+def test_unsupported_features_are_their_own_error(tmp_path: Path):
+    compose = write_task(tmp_path, "compose", dockerfile=None)
+    (compose / "environment").mkdir()
+    (compose / "environment" / "docker-compose.yaml").write_text("services: {}\n")
+    with pytest.raises(TaskUnsupportedError) as caught:
+        load_task(compose)
+    assert str(caught.value) == f"task 'compose' ({compose}): docker-compose environments are not supported yet"
+    gpu = write_task(tmp_path, "gpu", task_toml="[environment]\ngpus = 1\n")
+    with pytest.raises(TaskUnsupportedError, match=r"environment.gpus = 1: GPUs are not supported yet$"):
+        load_task(gpu)

@@ -61,7 +61,7 @@ _STORAGE_DRIVERS = {"btrfs", "devicemapper", "windowsfilter", "zfs"}
 _KILL_ROUNDS = 200
 _CONTAINER_GONE = ("No such container", "is not running", "stopped state", "is restarting")
 """How the engine says a container is gone, whatever status code it picks (404, 409, 500)."""
-KILL_TIMEOUT_SEC = 10.0
+KILL_TIMEOUT_SEC = 30.0
 
 
 def default_docker_host() -> str:
@@ -254,52 +254,52 @@ async def remove_idle_containers(docker_host: str | None, job_name: str | None) 
         await close_client(client)
 
 
-# Process bookkeeping inside the container, in shell builtins: no fork while killing, so it works even
-# when the agent has used up the container's pids limit. After the last ") " of /proc/<pid>/stat come
-# field 3 (state) onwards, so field 22, the start time, is ${20}. A pid and its start time name one
-# process for the container's life: the host keeps them, out of the agent's reach.
+# Process bookkeeping inside the container, in bash builtins: nothing forks while killing, so it works even
+# when the agent has used up the container's pids limit. After the last ") " of /proc/<pid>/stat come field
+# 3 (state) onwards, so field 22, the start time, is ${20}. A pid and its start time name one process for
+# the container's life: the host keeps the baseline, out of the agent's reach, and passes it as arguments.
 _LIST = r"""
 list() {
-  listed=
+  listed=()
   for f in /proc/[0-9]*/stat; do
     p=${f#/proc/}; p=${p%/stat}
-    [ "$p" = "$$" ] && continue
+    [[ $p == "$$" ]] && continue
     read -r line 2>/dev/null < "$f" || continue
     set -- ${line##*) }
-    [ "$1" = Z ] || listed="$listed $p:${20}"
+    [[ $1 == Z ]] || listed+=("$p:${20}")
   done
 }
 """
 _START = _LIST + r"""
 mkdir -p "$@" && chmod 777 "$@" || exit 1
 # The init process forks the keep-alive as the container starts: wait until it is there to be counted.
-i=0
-while :; do
-  list; set -- $listed; i=$((i + 1))
-  [ $# -ge 2 ] || [ $i -ge 500 ] && break
+for ((i = 0; i < 500; i++)); do
+  list
+  ((${#listed[@]} >= 2)) && break
   sleep 0.01
 done
-echo "$listed"
+echo "${listed[*]}"
 """
 _KILL = _LIST + r"""
-keep=" $* "; done=" "; killed=0; round=0
-while [ $round -lt ROUNDS ]; do
-  round=$((round + 1)); victims=
-  list
-  for entry in $listed; do
-    case "$keep$done" in *" $entry "*) continue ;; esac
-    kill -STOP "${entry%%:*}" 2>/dev/null && victims="$victims $entry"
+declare -A keep=() gone=()
+for entry in "$@"; do keep[$entry]=1; done
+killed=0
+for ((round = 0; round < ROUNDS; round++)); do
+  list; victims=()
+  for entry in "${listed[@]}"; do
+    [[ ${keep[$entry]} || ${gone[$entry]} ]] && continue
+    kill -STOP "${entry%%:*}" 2>/dev/null && victims+=("$entry")
   done
-  [ -z "$victims" ] && { echo "killed=$killed"; exit 0; }
-  for entry in $victims; do
+  ((${#victims[@]})) || { echo "killed=$killed"; exit 0; }
+  for entry in "${victims[@]}"; do
     kill -KILL "${entry%%:*}" 2>/dev/null && killed=$((killed + 1))
-    done="$done$entry "
+    gone[$entry]=1
   done
 done
 echo "killed=$killed"; exit 1
 """.replace("ROUNDS", str(_KILL_ROUNDS))
 # Stopped first, killed after: a stopped process cannot fork, so a fork bomb shrinks every round. A killed
-# process can take a moment to disappear under load; it runs no more code, so it counts as done.
+# process can take a moment to disappear under load; it runs no more code, so it counts as gone.
 _ENTRY = re.compile(r"^\d+:\d+$")
 
 
@@ -433,8 +433,8 @@ class DockerEnvironment:
             return ExecResult(exit_code=await _exit_code(execution), output=_decode(chunks))
 
     async def _run_quietly(self, script: str, *args: str) -> ExecResult:
-        """A bookkeeping script as root, with `sh` (images always have it), no timeout of its own."""
-        execution = await self._running().exec(["sh", "-c", script, "sh", *args], stdout=True, stderr=True, user="0")
+        """A bookkeeping script as root (bash, like every command here), no timeout of its own."""
+        execution = await self._running().exec(["bash", "-c", script, "bash", *args], stdout=True, stderr=True, user="0")
         chunks = []
         async with execution.start(detach=False) as stream:
             while (message := await stream.read_out()) is not None:

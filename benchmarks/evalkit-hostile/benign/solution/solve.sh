@@ -1,0 +1,2 @@
+#!/usr/bin/env bash
+echo 42 > /app/answer.txt

