@@ -49,7 +49,7 @@ async def test_trials_reach_the_model_through_the_job_gateway(tmp_path: Path):
     async with FakeUpstream("replica") as upstream:
         result = await evaluate(
             {
-                "job_name": "with-model",
+                "job_name": "engine-with-model",
                 "jobs_dir": str(tmp_path / "artifacts" / "jobs"),
                 "n_concurrent": 2,
                 "dataset": {"path": str(tmp_path / "tasks")},
@@ -61,12 +61,12 @@ async def test_trials_reach_the_model_through_the_job_gateway(tmp_path: Path):
     assert len(set(seen_keys)) == 2  # a fresh key per trial
     assert len(set(seen_sockets)) == 2 and not any(path.exists() for path in seen_sockets)  # a route each, removed
     for trial in result.trials:
-        lines = (tmp_path / "artifacts" / "jobs" / "with-model" / trial.trial_name / "agent" / "litellm-trajectory.jsonl").read_bytes().splitlines()
+        lines = (tmp_path / "artifacts" / "jobs" / "engine-with-model" / trial.trial_name / "agent" / "litellm-trajectory.jsonl").read_bytes().splitlines()
         calls = [orjson.loads(line) for line in lines]
         assert len(calls) == 2 and all(call["status"] == 200 for call in calls)
         assert trial.agent_outcome.usage.n_calls == 2
         assert trial.agent_outcome.usage.input_tokens > 0
-    assert list((tmp_path / "artifacts" / "litellm" / "with-model").iterdir())
+    assert list((tmp_path / "artifacts" / "litellm" / "engine-with-model").iterdir())
     summary = result.summary
     assert summary.usage.n_calls == 4
     assert summary.usage.input_tokens == sum(t.agent_outcome.usage.input_tokens for t in result.trials)

@@ -33,7 +33,7 @@ async def test_an_oracle_job_on_git_tasks_at_three_kinds_of_commit(tmp_path):
         {"name": "count", "git_url": remote.url, "git_commit_id": "HEAD", "path": "tasks/count"},
     ])
     result = await evaluate({
-        "job_name": "gitjob",
+        "job_name": "engine-gitjob",
         "jobs_dir": str(tmp_path / "jobs"),
         "dataset": {"registry": str(registry), "name": "gitbench@1.0", "cache_dir": str(tmp_path / "cache")},
         "agent": {"name": "oracle"},
@@ -44,4 +44,4 @@ async def test_an_oracle_job_on_git_tasks_at_three_kinds_of_commit(tmp_path):
     }
     assert by_task["greet-v1"].task_source == {"git_url": remote.url, "git_commit": c1, "path": "tasks/greet"}
     assert by_task["greet-v2"].task_source["git_commit"] == by_task["count"].task_source["git_commit"] == c2
-    assert (tmp_path / "jobs" / "gitjob" / "tasks.lock.json").is_file()
+    assert (tmp_path / "jobs" / "engine-gitjob" / "tasks.lock.json").is_file()
