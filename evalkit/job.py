@@ -25,7 +25,7 @@ import yaml
 from pydantic import ValidationError
 
 from evalkit.adapters.harbor import TaskRef, resolve_tasks
-from evalkit.agents import Agent, create_agent
+from evalkit.agents import create_agent
 from evalkit.cleanup import uncancellable
 from evalkit.config import SECRET_MARK, JobConfig
 from evalkit.environments import EnvironmentBackend, EnvironmentSpec, JobIdentity, Mount, Resources, connect_backend

@@ -17,7 +17,7 @@ import pytest
 
 from evalkit import evaluate
 from evalkit.errors import ConfigError
-from tests.conftest import BENCHMARKS, expected_outcomes, job_containers, read_json, run_cli, write_config, write_task
+from tests.conftest import BENCHMARKS, expected_outcomes, job_containers, run_cli, write_config, write_task
 
 pytestmark = pytest.mark.docker
 
