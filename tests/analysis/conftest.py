@@ -44,7 +44,7 @@ EXPECTED_CAUSES = {
     "wrong-answer": "model/wrong_answer",
     "times-out": "agent/timeout",
     "crashes": "agent/crash",
-    "build-fails": "infrastructure/build",
+    "build-fails": "task/build",
     "no-reward": "verifier/missing_reward",
     "bad-reward": "verifier/invalid_reward",
 }

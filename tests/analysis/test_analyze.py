@@ -34,7 +34,7 @@ def test_failure_causes_match_the_injected_failures(jobs, job_copy):
         assert count["items"] == sorted(f"{task}__0" for task, c in EXPECTED_CAUSES.items() if c == cause)
         assert count["fraction"] == count["count"] / len(EXPECTED_CAUSES)
         assert failed["cause_descriptions"][cause]
-    assert {k: v["count"] for k, v in failed["by_kind"].items()} == {"agent": 4, "model": 3, "verifier": 2, "infrastructure": 1}
+    assert {k: v["count"] for k, v in failed["by_kind"].items()} == {"agent": 4, "model": 3, "verifier": 2, "task": 1}
     assert {k: v["count"] for k, v in failed["axes"]["phase"].items()} == {"agent": 4, "verifier": 5, "environment": 1}
     assert failed["axes"]["error_type"]["AgentExitError"]["items"] == ["context-exceeded__0", "rate-limited__0"]
     assert set(failed["axes"]["failing_test"]) == {"tests/test_out.py::test_content", "tests/test_out.py::test_newline"}
@@ -52,18 +52,18 @@ def test_failure_causes_match_the_injected_failures(jobs, job_copy):
     assert resolved["distributions"]["input_tokens"]["mean"] > 0 and resolved["distributions"]["cost_usd"]["n"] == 0
 
     comparison = analysis(job, "traj_analysis/score_comparison.json")
-    assert (comparison["n_resolved"], comparison["n_unresolved"]) == (1, len(EXPECTED_CAUSES) - 1)  # build-fails is not scored
+    assert (comparison["n_resolved"], comparison["n_unresolved"]) == (1, len(EXPECTED_CAUSES))  # a failing build is the task's: scored
     calls = {f["feature"]: f for f in comparison["features"]}["model_errors"]
     assert calls["resolved"]["mean"] == 0.0 and calls["unresolved"]["max"] == 1.0
     assert -1.0 <= calls["cliffs_delta"] <= 0.0
 
     tasks = analysis(job, "report_task_analysis.json")
     tiers = {row["task"]: row["tier"] for row in tasks["tasks"]}
-    assert tiers["solved"] == "easy" and tiers["build-fails"] == "unscored" and tiers["does-nothing"] == "unsolved"
+    assert tiers["solved"] == "easy" and tiers["build-fails"] == "unsolved" and tiers["does-nothing"] == "unsolved"
     assert tiers["wrong-answer"] == "unsolved"
     metrics = tasks["metrics"]
-    assert metrics["coverage"] == (len(SCRIPTED_TASKS) + len(FAULT_TASKS) - 1) / (len(SCRIPTED_TASKS) + len(FAULT_TASKS))
-    assert {m["name"]: m["value"] for m in metrics["metrics"]}["pass_rate"] == 1 / 10
+    assert metrics["coverage"] == 1.0  # no infrastructure error: a failing build is the task's (architecture.md)
+    assert {m["name"]: m["value"] for m in metrics["metrics"]}["pass_rate"] == 1 / 11  # build-fails scores 0
 
 
 def test_oracle_job_every_file(jobs, job_copy):
