@@ -312,7 +312,6 @@ class DockerEnvironment:
         self.spec = spec
         self.name = container_name(backend.job.job_id, spec.name)
         self._container: aiodocker.containers.DockerContainer | None = None
-        self._create_sent = False
         self._baseline: list[str] = []
         """`pid:starttime` of every process running right after start; kept here, out of the agent's reach."""
 
@@ -352,18 +351,24 @@ class DockerEnvironment:
     async def _create(self, image: str) -> bool:
         """Create the container; True if its storage is capped. An engine that refuses the cap is
         remembered, and the container is made without it (the result says so)."""
-        config = self._create_config(image, storage=self.backend.storage_capable)
-        self._create_sent = True
         try:
-            self._container = await self.backend.client.containers.create(config, name=self.name)
+            await self._create_once(image, storage=self.backend.storage_capable)
             return self.backend.storage_capable
         except aiodocker.DockerError as exc:
-            if not self.backend.storage_capable or "storage" not in exc.message.lower() or exc.status != 500:
+            if not self.backend.storage_capable or "storage" not in exc.message.lower():
                 raise
         self.backend.storage_capable = False
         logger.warning("the Docker engine cannot cap container storage; containers run without storage_mb")
-        self._container = await self.backend.client.containers.create(self._create_config(image, storage=False), name=self.name)
+        await self._create_once(image, storage=False)
         return False
+
+    async def _create_once(self, image: str, *, storage: bool) -> None:
+        # Not cancellable: a create the engine finishes after we stopped listening would leave a container
+        # nobody knows the id of. It takes a fraction of a second; `stop()` then removes what it made.
+        async def create() -> None:
+            self._container = await self.backend.client.containers.create(self._create_config(image, storage=storage), name=self.name)
+
+        await uncancellable(create())  # `_container` is set even when this raises CancelledError afterwards
 
     def _create_config(self, image: str, *, storage: bool) -> dict[str, Any]:
         resources = self.spec.resources
@@ -514,14 +519,8 @@ class DockerEnvironment:
 
     async def stop(self) -> None:
         container, self._container = self._container, None
-        created, self._create_sent = self._create_sent, False
-        if self.spec.keep:
-            return
-        if container is not None:
+        if container is not None and not self.spec.keep:
             self.backend.remove_soon(container)
-        elif created:
-            # Cancelled while the engine was creating it: it may exist without our having its id.
-            self.backend.remove_soon(self.backend.client.containers.container(self.name))
 
 
 async def _exit_code(execution: aiodocker.execs.Exec, deadline_sec: float = 10.0) -> int | None:
