@@ -32,7 +32,7 @@ from evalkit.errors import (
 )
 from evalkit.results import AgentOutcome, ErrorInfo, PhaseTiming, TrialResult, utcnow, write_json_atomic
 from evalkit.tasks import Task
-from evalkit.verifier import run_verifier
+from evalkit.verifier import FRESH_DIRS, run_verifier
 
 if TYPE_CHECKING:
     from evalkit.gateway import Gateway
@@ -180,10 +180,14 @@ async def run_try(
                     record(AgentExitError(f"the agent exited with code {result.agent_outcome.exit_code}"))
                 if access is not None:  # the key dies with the agent phase, before the verifier runs
                     result.agent_outcome.usage = await uncancellable(gateway.close_trial(access.api_key))  # type: ignore[union-attr]
-                await env.kill_agent_processes()
-                await _copy_out(env, spec, result, LOG_COPIES[0])
-            with phase("verifier"):
-                result.rewards = await run_verifier(task, env, timeout_sec=timeouts.verifier)
+                await env.kill_agent_processes(then_empty=FRESH_DIRS)
+            # The agent is gone, its logs are final: copy them out while the verifier runs.
+            agent_logs = asyncio.ensure_future(_copy_out(env, spec, result, LOG_COPIES[0]))
+            try:
+                with phase("verifier"):
+                    result.rewards = await run_verifier(task, env, timeout_sec=timeouts.verifier)
+            finally:
+                await _join(agent_logs)
         except Exception as exc:  # every failure of one try is that try's result, never the job's crash
             record(exc)
         finally:
@@ -211,6 +215,16 @@ async def _run_agent(agent: Agent, task: Task, env: Environment, access: Any, ti
     except TimeoutError:
         return AgentOutcome(timed_out=True)
     return AgentOutcome(exit_code=outcome.exit_code, timed_out=outcome.timed_out)
+
+
+async def _join(task: asyncio.Future[None]) -> None:
+    """Wait for a helper task of this try; cancelled meanwhile, cancel it too and let it end first."""
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        await asyncio.wait([task])
+        raise
 
 
 async def _copy_out(env: Environment, spec: TrySpec, result: TrialResult, copy: tuple[str, str, set[str]]) -> None:

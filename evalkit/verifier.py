@@ -9,6 +9,7 @@ no error message carries more than a short escaped excerpt of what the container
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 
@@ -34,17 +35,14 @@ _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 """A plain decimal literal: no `1_0` (Python's float() reads it as 10), no `inf`, `nan` or hex."""
 _EXCERPT_CHARS = 60
 
-_PREPARE = (
-    # As root, after the agent's processes are gone. /logs itself may have been replaced by the agent.
-    "{ [ -d /logs ] && [ ! -L /logs ]; } || { rm -rf /logs && mkdir -p /logs; } && "
-    f"rm -rf /tests {REWARD_DIR} && mkdir -p {REWARD_DIR} && chmod 777 {REWARD_DIR}"
-)
+FRESH_DIRS = ("/tests", REWARD_DIR)
+"""Emptied by `Environment.kill_agent_processes(then_empty=...)` before the verifier: nothing the agent
+left there (a `conftest.py`, a reward) survives into the verdict."""
 
 
 async def run_verifier(task: Task, env: Environment, *, timeout_sec: float | None) -> dict[str, float]:
-    prepared = await env.exec(_PREPARE, user="0", timeout_sec=60)
-    if prepared.exit_code != 0:
-        raise RuntimeError(f"could not reset /tests and {REWARD_DIR}: {excerpt(prepared.output)}")
+    """Upload the tests, run `test.sh`, read the reward. The caller has killed the agent's processes and
+    emptied FRESH_DIRS (one step, as root, so nothing can race it)."""
     await env.put(task.tests_dir, "/tests")
     result = await env.exec(
         f"bash /tests/test.sh > {REWARD_DIR}/test-stdout.txt 2>&1",
@@ -58,17 +56,22 @@ async def run_verifier(task: Task, env: Environment, *, timeout_sec: float | Non
 
 
 async def read_reward(env: Environment) -> dict[str, float]:
-    """`reward.json` if it exists, else `reward.txt`; RewardFileMissingError if neither does."""
-    for name in REWARD_FILES:
-        try:
-            raw = await env.read_file(f"{REWARD_DIR}/{name}", max_bytes=MAX_REWARD_BYTES)
-        except FileMissingError:
+    """`reward.json` if it exists, else `reward.txt`; RewardFileMissingError if neither does. Both are read
+    at once (one round trip to the engine instead of two)."""
+    reads = await asyncio.gather(
+        *(env.read_file(f"{REWARD_DIR}/{name}", max_bytes=MAX_REWARD_BYTES) for name in REWARD_FILES),
+        return_exceptions=True,
+    )
+    for name, read in zip(REWARD_FILES, reads):
+        if isinstance(read, FileMissingError):
             continue
-        except NotARegularFileError as exc:
-            raise RewardParseError(f"{name} is a {exc.file_type}, not a regular file; refused") from None
-        except FileTooLargeError as exc:
-            raise RewardParseError(f"{name} is larger than {MAX_REWARD_BYTES} bytes ({exc.size}); refused") from None
-        return parse_reward_json(raw) if name == "reward.json" else parse_reward_txt(raw)
+        if isinstance(read, NotARegularFileError):
+            raise RewardParseError(f"{name} is a {read.file_type}, not a regular file; refused")
+        if isinstance(read, FileTooLargeError):
+            raise RewardParseError(f"{name} is larger than {MAX_REWARD_BYTES} bytes ({read.size}); refused")
+        if isinstance(read, BaseException):
+            raise read
+        return parse_reward_json(read) if name == "reward.json" else parse_reward_txt(read)
     raise RewardFileMissingError(f"the verifier wrote neither {REWARD_DIR}/reward.json nor reward.txt")
 
 

@@ -70,11 +70,17 @@ async def test_exec_timeout_kills_every_process_started_since_start(env: DockerE
 
 
 async def test_kill_agent_processes_reaches_setsid_daemons_and_spares_the_baseline(env: DockerEnvironment):
-    await env.exec("for i in 1 2 3; do setsid sh -c 'while :; do sleep 0.1; done' </dev/null >/dev/null 2>&1 & done")
-    assert await env.kill_agent_processes() >= 3
-    left = await env.exec("n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo $n")
-    assert int(left.output) == 3  # init, the keep-alive, and this shell
+    await env.exec(
+        "mkdir -p /tests && echo planted > /tests/conftest.py && echo 1 > /logs/verifier/reward.txt && "
+        "for i in 1 2 3; do setsid sh -c 'while :; do echo 1 > /logs/verifier/reward.txt; sleep 0.1; done' </dev/null >/dev/null 2>&1 & done",
+        user="root",
+    )
+    assert await env.kill_agent_processes(then_empty=["/tests", "/logs/verifier"]) >= 3
+    left = await env.exec("n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo $n; ls -A /tests /logs/verifier; stat -c %a /tests /logs/verifier")
+    assert left.output.split() == ["3", "/logs/verifier:", "/tests:", "777", "777"]  # init, keep-alive, this shell
     assert await env.kill_agent_processes() == 0  # idempotent
+    with pytest.raises(ValueError, match="absolute paths below /"):
+        await env.kill_agent_processes(then_empty=["/"])
 
 
 async def test_logs_directories_are_made_inside_the_container_for_any_user(env: DockerEnvironment):

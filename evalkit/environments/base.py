@@ -128,9 +128,10 @@ class Environment(Protocol):
         and `max_files` entries (files and directories). Top-level names in `reserved` belong to the host
         (a trajectory, a verdict) and are never copied, present or not. Works on a stopped container too."""
 
-    async def kill_agent_processes(self) -> int:
+    async def kill_agent_processes(self, *, then_empty: Collection[str] = ()) -> int:
         """Kill every process that was not running right after `start` (daemons that called `setsid`
-        included), until none is left. Returns how many were killed."""
+        included), until none is left; then, as root and with nothing left to race, replace each directory in
+        `then_empty` by an empty one anyone may write. Returns how many processes were killed."""
 
     async def stop(self) -> None:
         """Remove the environment; idempotent and safe to call on every path, cancelled or not."""

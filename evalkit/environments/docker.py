@@ -282,7 +282,10 @@ echo "${listed[*]}"
 """
 _KILL = _LIST + r"""
 declare -A keep=() gone=()
-for entry in "$@"; do keep[$entry]=1; done
+empty=()
+for arg in "$@"; do
+  if [[ $arg == /* ]]; then empty+=("$arg"); else keep[$arg]=1; fi
+done
 killed=0
 for ((round = 0; round < ROUNDS; round++)); do
   list; victims=()
@@ -290,7 +293,11 @@ for ((round = 0; round < ROUNDS; round++)); do
     [[ ${keep[$entry]} || ${gone[$entry]} ]] && continue
     kill -STOP "${entry%%:*}" 2>/dev/null && victims+=("$entry")
   done
-  ((${#victims[@]})) || { echo "killed=$killed"; exit 0; }
+  if ((${#victims[@]} == 0)); then
+    # Quiet now, and every pid is free again: forking is safe.
+    ((${#empty[@]} == 0)) || { rm -rf -- "${empty[@]}" && mkdir -p -- "${empty[@]}" && chmod 777 -- "${empty[@]}"; } || exit 2
+    echo "killed=$killed"; exit 0
+  fi
   for entry in "${victims[@]}"; do
     kill -KILL "${entry%%:*}" 2>/dev/null && killed=$((killed + 1))
     gone[$entry]=1
@@ -446,11 +453,13 @@ class DockerEnvironment:
                 chunks.append(message.data)
         return ExecResult(exit_code=await _exit_code(execution), output=_decode(chunks))
 
-    async def kill_agent_processes(self) -> int:
+    async def kill_agent_processes(self, *, then_empty: Collection[str] = ()) -> int:
+        if any(not path.startswith("/") or path.rstrip("/") == "" for path in then_empty):
+            raise ValueError(f"then_empty takes absolute paths below /, got {list(then_empty)}")
         try:
             async with asyncio.timeout(KILL_TIMEOUT_SEC):
                 with engine_errors("stopping the agent's processes"):
-                    result = await self._run_quietly(_KILL, *self._baseline)
+                    result = await self._run_quietly(_KILL, *self._baseline, *then_empty)
         except TimeoutError:
             # An exec needs a free pid in the container: a fork bomb that filled its pids limit leaves none.
             raise AgentProcessesSurvivedError(
@@ -462,6 +471,8 @@ class DockerEnvironment:
         if not counts:  # the script itself was killed: most likely with its container, which takes a moment
             await self._check_running("stopping the agent's processes", settle_sec=3.0)
             raise AgentProcessesSurvivedError("the engine's kill script was itself killed; the verifier did not run")
+        if result.exit_code == 2:
+            raise RuntimeError(f"could not empty {', '.join(then_empty)} after the kill: {result.output.strip()[-200:]}")
         if result.exit_code != 0:
             raise AgentProcessesSurvivedError(
                 f"processes the agent started were still appearing after {_KILL_ROUNDS} kill rounds ({killed} killed)"
