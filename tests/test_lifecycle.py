@@ -225,8 +225,7 @@ async def test_a_second_runner_of_a_running_job_is_refused(tmp_path: Path):
     job_dir = tmp_path / "jobs" / name
     first = popen_cli("run", str(config), "--quiet")
     try:
-        wait_for(lambda: (job_dir / "results.json").exists())
-        containers = await job_containers(name)
+        containers = await running_containers(name, 2)
         second = run_cli("run", str(config), "--quiet")
         assert second.returncode == 2
         assert second.stderr.strip() == (
@@ -242,6 +241,17 @@ async def test_a_second_runner_of_a_running_job_is_refused(tmp_path: Path):
     assert first.returncode == 130
     again = run_cli("run", str(config), "--quiet")  # the lock died with its holder
     assert again.returncode == 0, again.stderr
+
+
+async def running_containers(job_name: str, n: int, timeout: float = 120.0) -> list[dict]:
+    """The job's containers, once `n` of them run."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while len(containers := [c for c in await job_containers(job_name) if c["State"] == "running"]) < n:
+        assert time.monotonic() < deadline, "containers did not start in time"
+        await asyncio.sleep(0.2)
+    return containers
 
 
 async def test_two_jobs_with_one_name_in_different_directories_keep_their_containers(tmp_path: Path):
@@ -273,9 +283,7 @@ async def test_clean_keeps_the_containers_of_a_running_job(tmp_path: Path):
     async with aiodocker.Docker() as docker:  # and a leftover of the same name from a job that is gone
         await docker.containers.create({"Image": "debian:bookworm-slim", "Cmd": ["true"],
                                         "Labels": {"evalkit.job": name, "evalkit.job_dir": str(tmp_path / "gone")}})
-    wait_for(lambda: len(list(job_dir.glob("*__0"))) == 2)
-    time.sleep(1)
-    running = {c["Id"] for c in await job_containers(name) if c["Labels"].get("evalkit.job_dir") == str(job_dir)}
+    running = {c["Id"] for c in await running_containers(name, 2) if c["Labels"].get("evalkit.job_dir") == str(job_dir)}
     assert len(running) == 2
     cleaned = run_cli("clean", "--job", name)
     assert cleaned.returncode == 0, cleaned.stderr
