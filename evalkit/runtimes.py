@@ -454,7 +454,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _build_command(args: argparse.Namespace) -> int:
     from evalkit.cli import run_main
     from evalkit.config import load_config
-    from evalkit.environments import DockerEngine
+    from evalkit.environments.docker import close_client, open_client
 
     try:
         target = scaffold(args.name)
@@ -472,8 +472,11 @@ def _build_command(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     async def build() -> int:
-        async with await DockerEngine.connect(docker_host=docker_host, job_name="runtime-build") as engine:
-            await build_runtime(engine.client, target, ca_bundle=ca_bundle, force=args.force, report=report)
+        client = await open_client(docker_host)
+        try:
+            await build_runtime(client, target, ca_bundle=ca_bundle, force=args.force, report=report)
+        finally:
+            await close_client(client)
         return 0
 
     return run_main(build())
