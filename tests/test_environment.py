@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiodocker
 import pytest
 
 from evalkit import evaluate
@@ -81,6 +82,16 @@ async def test_kill_agent_processes_reaches_setsid_daemons_and_spares_the_baseli
     assert await env.kill_agent_processes() == 0  # idempotent
     with pytest.raises(ValueError, match="absolute paths below /"):
         await env.kill_agent_processes(then_empty=["/"])
+
+
+async def test_a_container_over_its_pids_limit_still_has_its_processes_killed(env: DockerEnvironment):
+    await env.exec("for i in $(seq 10); do setsid sleep 600 </dev/null >/dev/null 2>&1 & done")
+    async with aiodocker.Docker() as docker:  # below what runs: no process in the container can fork
+        await docker._query_json(f"containers/{env._running().id}/update", method="POST", data={"PidsLimit": 5})
+    assert (await env.exec("sleep 0 & wait")).output.strip().endswith("Resource temporarily unavailable")
+    assert await env.kill_agent_processes(then_empty=["/tests"]) == 10
+    left = await env.exec("n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo $n; cat /sys/fs/cgroup/pids/pids.max")
+    assert left.output.split() == ["3", "5"]
 
 
 async def test_logs_directories_are_made_inside_the_container_for_any_user(env: DockerEnvironment):
