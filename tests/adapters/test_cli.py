@@ -10,14 +10,12 @@ import pytest
 from tests.adapters.conftest import REAL_REGISTRY
 from tests.conftest import run_cli
 
-real = pytest.mark.skipif(not REAL_REGISTRY.exists(), reason=f"{REAL_REGISTRY} is absent")
 
 
 def columns(line: str) -> list[str]:
     return re.split(r"\s{2,}", line.strip())
 
 
-@real
 def test_list_shows_every_dataset_with_versions_task_counts_and_description():
     result = run_cli("datasets", "list", "--registry", str(REAL_REGISTRY))
     assert result.returncode == 0, result.stderr
@@ -30,7 +28,6 @@ def test_list_shows_every_dataset_with_versions_task_counts_and_description():
     assert table["seta-env"] == ["1.0", "1376", "CAMEL SETA Environment for RL training"]
 
 
-@real
 def test_show_lists_tasks_sources_and_commits():
     result = run_cli("datasets", "show", "swe-lancer-diamond@ic", "--registry", str(REAL_REGISTRY))
     assert result.returncode == 0, result.stderr
@@ -50,7 +47,6 @@ def test_show_lists_tasks_sources_and_commits():
     assert columns(seta.splitlines()[-1])[1] == "b186880"
 
 
-@real
 def test_unknown_names_and_versions_exit_2_with_suggestions():
     result = run_cli("datasets", "show", "swebench-verifed", "--registry", str(REAL_REGISTRY))
     assert (result.returncode, result.stderr.strip()) == (2, (

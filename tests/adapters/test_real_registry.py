@@ -13,7 +13,6 @@ from evalkit.adapters.harbor.registry import read_registry
 from evalkit.adapters.harbor.resolve import select
 from tests.adapters.conftest import REAL_REGISTRY, GitRemote, checkouts, task_files
 
-pytestmark = pytest.mark.skipif(not REAL_REGISTRY.exists(), reason=f"{REAL_REGISTRY} is absent")
 
 
 def kind(commit: str) -> str:
