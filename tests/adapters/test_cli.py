@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 
-import pytest
 
 from tests.adapters.conftest import REAL_REGISTRY
 from tests.conftest import run_cli

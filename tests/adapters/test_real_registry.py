@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
 
 from evalkit.adapters.harbor import DatasetConfig, resolve_tasks
 from evalkit.adapters.harbor.cache import fetch_plan
