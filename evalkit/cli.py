@@ -8,6 +8,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from evalkit.errors import EvalkitError
@@ -75,14 +76,20 @@ def _run_command(args: argparse.Namespace) -> int:
 
 def _add_clean_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "clean", help="remove containers left by killed jobs (found by their labels; running jobs' are kept)"
+        "clean",
+        help="remove leftover containers and runtime outputs (jobs/, litellm/, logs/) of jobs that are not running; "
+        "archives are never touched",
     )
-    p.add_argument("--job", help="only this job's containers (default: every evalkit job's)")
+    p.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"), help="artifacts root (default: artifacts)")
+    p.add_argument("--repos", action="store_true", help="also remove the task cache (fetched git tasks)")
+    p.add_argument("--containers-only", action="store_true", help="remove leftover containers only; keep every file")
+    p.add_argument("--job", help="only this job's leftover containers (implies --containers-only)")
     p.add_argument("--docker-host", help="Docker Engine API address (default: DOCKER_HOST or the local socket)")
     p.set_defaults(handler=_clean_command)
 
 
 def _clean_command(args: argparse.Namespace) -> int:
+    from evalkit.analysis.archives import clean_outputs
     from evalkit.environments.docker import remove_idle_containers
 
     async def clean() -> int:
@@ -90,6 +97,11 @@ def _clean_command(args: argparse.Namespace) -> int:
         print(f"removed {removed} container(s)" + (f" of job {args.job}" if args.job else ""))
         if running:
             print(f"kept the containers of running job(s): {', '.join(running)}")
+        if not (args.containers_only or args.job):
+            report = await asyncio.to_thread(clean_outputs, args.artifacts_dir, args.repos)
+            print(f"removed {len(report.removed)} path(s) under {args.artifacts_dir}" + (" and the task cache" if args.repos else ""))
+            for path, why in report.skipped.items():
+                print(f"kept {path}: {why}")
         return EXIT_OK
 
     return run_main(clean())

@@ -117,6 +117,16 @@ class RetryConfig(StrictModel):
         return error.type in TRIAL_ERROR_TYPES and error.kind == "infrastructure"
 
 
+class PostRunConfig(StrictModel):
+    """What `evalkit run` does after a job ends; both steps read only the job's files and never change its
+    results or exit code."""
+
+    analyze: bool = True
+    """Write `<job>/analysis/` (failure causes, task tiers, trajectory comparison); zero model tokens."""
+    archive: bool = True
+    """Snapshot the run under `artifacts/archives/run_NNN/` and append it to `artifacts/index.yaml`."""
+
+
 class JobConfig(StrictModel):
     job_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
     """Directory name under `jobs_dir`; running the same job name again resumes it."""
@@ -133,6 +143,8 @@ class JobConfig(StrictModel):
     retry: RetryConfig = RetryConfig()
     llm_api: LLMApiConfig | None = None
     """The model behind the per-job gateway; needed only by agents that call a model."""
+    after_run: PostRunConfig = PostRunConfig()
+    """Analysis and archiving after `evalkit run` (the CLI; `evaluate()` leaves both to the caller)."""
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="<config>")

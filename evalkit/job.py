@@ -49,6 +49,7 @@ from evalkit.results import (
     utcnow,
     write_json_atomic,
 )
+from evalkit.serving import managed_llm_api
 from evalkit.tasks import Task, load_task
 from evalkit.trial import PhaseTimeouts, TrySpec, phase_timeouts, record_without_container, run_try
 
@@ -257,6 +258,11 @@ class Job:
             trial.tries.sort(key=lambda r: r.try_index)
 
     @property
+    def model_server_logs(self) -> Path:
+        """Where the logs of model servers the job starts itself (`llm_api.serve`) go."""
+        return self.config.artifacts_dir / "litellm" / self.config.job_name / "model-server"
+
+    @property
     def identity(self) -> JobIdentity:
         return JobIdentity(job_id=self.job_id, job_name=self.config.job_name, job_dir=self.job_dir)
 
@@ -287,8 +293,11 @@ class Job:
                     await backend.sweep()
                 gateway = None
                 if self.config.llm_api is not None and backend is not None:
+                    llm_api = await stack.enter_async_context(  # Mode B: start the model servers it names
+                        managed_llm_api(self.config.llm_api, log_dir=self.model_server_logs, base_dir=self.config.base_dir)
+                    )
                     gateway = await stack.enter_async_context(
-                        Gateway.serve(self.config.llm_api, job_name=self.config.job_name, artifacts_dir=self.config.artifacts_dir)
+                        Gateway.serve(llm_api, job_name=self.config.job_name, artifacts_dir=self.config.artifacts_dir)
                     )
                 status = "interrupted"
                 await self._write_summary("running")

@@ -7,10 +7,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from evalkit.after_run import after_run, session_log
 from evalkit.config import JobConfig
 from evalkit.job import Job
 from evalkit.job import Progress as JobProgress
 from evalkit.results import JobSummary, TrialResult
+
+
+SESSION_LOG = "session.log"
+"""evalkit's log records of every `evalkit run` of the job, appended; archived with each run."""
 
 
 async def run_with_progress(config: JobConfig, *, quiet: bool = False) -> int:
@@ -18,10 +23,15 @@ async def run_with_progress(config: JobConfig, *, quiet: bool = False) -> int:
     console = Console(stderr=True)
     job = Job(config)
     await job.prepare()
-    try:
-        return await _run(job, config, console, quiet)
-    finally:
-        job.close()
+    with session_log(config.job_dir / SESSION_LOG) as session:
+        try:
+            code = await _run(job, config, console, quiet)
+        finally:
+            job.close()
+        for line in await after_run(config, session):
+            if not quiet:
+                console.print(line, highlight=False, soft_wrap=True)
+    return code
 
 
 async def _run(job: Job, config: JobConfig, console: Console, quiet: bool) -> int:
