@@ -39,7 +39,7 @@ def test_a_running_job_s_page_updates_itself_until_the_job_finishes(tab: Tab, tm
         page.evaluate("window.__sameDocument = true")  # gone if the page were reloaded
         page.locator("h1 .badge", has_text="finished").wait_for(timeout=180_000)
         assert page.evaluate("window.__sameDocument") is True
-        assert f"{N_TASKS} / {N_TASKS}" in page.locator("section", has_text="Summary").inner_text()
+        assert f"{N_TASKS} / {N_TASKS}" in page.locator("section", has=page.get_by_role("heading", name="Summary", exact=True)).inner_text()
         assert page.locator("[data-table=tasks] tbody tr").count() == N_TASKS
         assert page.locator("#status").inner_text() == ""
         tab.shot("job-live-finished")
