@@ -70,13 +70,30 @@ class TaskConfigError(TrialError):
 
 
 class TaskUnsupportedError(TrialError):
-    """The task needs something evalkit does not offer (docker-compose, GPUs)."""
+    """The task needs something evalkit does not offer (GPUs, Windows, upload filters), in a way that would
+    change its score."""
 
     kind = "task"
 
 
 class EnvironmentBuildError(TrialError):
     """The task image could not be built (or the build outlived its timeout)."""
+
+    kind = "task"
+
+
+class HealthcheckError(TrialError):
+    """The environment never became healthy: `[environment.healthcheck]` (or a step's) failed `retries` times
+    after its start period, or a compose service's healthcheck reported unhealthy. Kind `task`: the agent has
+    not run, and the check is the task's own definition of a usable environment, so a retry would only fail
+    the same way (a machine too slow for a task's check is still the task's timing, as in Harbor, where it
+    ends the trial with no reward)."""
+
+    kind = "task"
+
+
+class SolutionMissingError(TrialError):
+    """The oracle found no `solve.sh` to run (Harbor: `FileNotFoundError`, no verifier, no reward)."""
 
     kind = "task"
 
@@ -157,6 +174,8 @@ TRIAL_ERROR_TYPES: dict[str, type[TrialError]] = {
         TaskConfigError,
         TaskUnsupportedError,
         EnvironmentBuildError,
+        HealthcheckError,
+        SolutionMissingError,
         EnvironmentStartError,
         AgentSetupError,
         DockerUnavailableError,
