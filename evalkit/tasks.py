@@ -200,7 +200,8 @@ class TaskConfig(_Section):
     @classmethod
     def _legacy_version(cls, data: Any) -> Any:
         if isinstance(data, dict) and "version" in data and "schema_version" not in data:
-            data = {**data, "schema_version": str(data.pop("version"))}
+            data = dict(data)
+            data["schema_version"] = str(data.pop("version"))
         return data
 
 

@@ -73,6 +73,8 @@ class EnvironmentSpec:
     """Where the image build's log goes, if this try builds the image."""
     keep: bool = False
     """Leave the container after the try (debugging); it keeps its labels, so `evalkit clean` finds it."""
+    role: str = "agent"
+    """`agent`, or `verifier` for a separate verifier's environment of the same try (named and labelled apart)."""
 
 
 class FileReadError(Exception):
@@ -100,6 +102,11 @@ class Environment(Protocol):
     async def start(self) -> ResourceEnvelope:
         """Build or fetch the image, start the container, create the `/logs` directories, and remember
         which processes run before any agent code does. Returns what the container actually runs with."""
+
+    async def mark_baseline(self) -> None:
+        """Remember the processes running now as the environment's own (services an ENTRYPOINT, a
+        healthcheck's wait or a step's `setup.sh` started): `kill_agent_processes` spares them. Called only
+        before an agent runs."""
 
     async def exec(
         self,

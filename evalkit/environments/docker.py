@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ import aiohttp
 
 from evalkit.cleanup import uncancellable
 from evalkit.environments.archive import CHUNK, extraction_reader, read_tar_stream, single_file_reader
+from evalkit.environments.compose import KEEP_ALIVE, MAIN, ComposeProject, Service
 from evalkit.environments.base import (
     LOG_DIRS,
     EnvironmentSpec,
@@ -37,6 +38,7 @@ from evalkit.errors import (
     ContainerLostError,
     DockerUnavailableError,
     EnvironmentStartError,
+    HealthcheckError,
     InfrastructureError,
 )
 from evalkit.lock import job_is_running
@@ -51,6 +53,10 @@ LABEL_JOB = "evalkit.job"
 LABEL_JOB_ID = "evalkit.job_id"
 LABEL_JOB_DIR = "evalkit.job_dir"
 LABEL_TRY = "evalkit.try"
+LABEL_ROLE = "evalkit.role"
+"""`agent` or `verifier`: which of a try's environments a container belongs to."""
+LABEL_SERVICE = "evalkit.service"
+"""The compose service a container runs (`main`, a sidecar's name, or `pod` for the namespace holder)."""
 CAP_DROP = ("AUDIT_WRITE", "MKNOD", "NET_RAW", "SYS_CHROOT")
 """Removed from Docker's defaults: raw sockets (sniffing other trials' traffic on a shared network),
 device nodes, audit writes and chroot, which tasks do not need. CHOWN, SETUID, KILL and the rest stay:
@@ -136,6 +142,7 @@ class DockerBackend:
         """Whether `StorageOpt` size limits work on this engine; found once, corrected by the first refusal."""
         self._archives: dict[tuple[Path, str], asyncio.Task[bytes]] = {}
         self._removals: set[asyncio.Task[None]] = set()
+        self._entrypoints: dict[str, list[str]] = {}
 
     @classmethod
     async def connect(cls, config: EnvironmentConfig, job: JobIdentity) -> DockerBackend:
@@ -164,8 +171,11 @@ class DockerBackend:
 
     async def sweep(self) -> int:
         """Remove every container of this job id (left by a killed run of it); other jobs' are untouched."""
-        containers = await self.client.containers.list(all=True, filters={"label": [f"{LABEL_JOB_ID}={self.job.job_id}"]})
+        label = {"label": [f"{LABEL_JOB_ID}={self.job.job_id}"]}
+        containers = await self.client.containers.list(all=True, filters=label)
         await asyncio.gather(*(_remove(c) for c in containers))
+        for volume in (await self.client.volumes.list(filters=label)).get("Volumes") or []:
+            await _remove_volume(self.client, volume["Name"])
         return len(containers)
 
     async def close(self) -> None:
@@ -177,12 +187,24 @@ class DockerBackend:
         finally:
             await close_client(self.client)
 
-    def remove_soon(self, container: aiodocker.containers.DockerContainer) -> None:
-        """Remove a container without making its try wait: the next try starts while Docker tears this one
-        down. The backend owns the removal and `close()` waits for it, so none is ever lost."""
-        task = asyncio.ensure_future(self._remove_logged(container))
+    def remove_soon(self, *containers: aiodocker.containers.DockerContainer, volumes: Collection[str] = ()) -> None:
+        """Remove containers (then the volumes they used) without making their try wait: the next try starts
+        while Docker tears these down. The backend owns the removal and `close()` waits for it, so none is
+        ever lost."""
+        task = asyncio.ensure_future(self._remove_group(containers, volumes))
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
+
+    async def _remove_group(self, containers: Collection[aiodocker.containers.DockerContainer], volumes: Collection[str]) -> None:
+        await asyncio.gather(*(self._remove_logged(c) for c in containers))
+        for volume in volumes:
+            await _remove_volume(self.client, volume)
+
+    async def image_entrypoint(self, image: str) -> list[str]:
+        """The image's ENTRYPOINT (looked up once per image per job)."""
+        if image not in self._entrypoints:
+            self._entrypoints[image] = (await self.client.images.inspect(image)).get("Config", {}).get("Entrypoint") or []
+        return self._entrypoints[image]
 
     @staticmethod
     async def _remove_logged(container: aiodocker.containers.DockerContainer) -> None:
@@ -204,22 +226,30 @@ class DockerBackend:
             self._archives[key] = asyncio.ensure_future(asyncio.to_thread(tar_directory, source, target.strip("/")))
         return await asyncio.shield(self._archives[key])
 
-    def labels(self, spec: EnvironmentSpec) -> dict[str, str]:
+    def labels(self, spec: EnvironmentSpec, service: str = MAIN) -> dict[str, str]:
         return {
             **spec.labels,
             LABEL_JOB: self.job.job_name,
             LABEL_JOB_ID: self.job.job_id,
             LABEL_JOB_DIR: str(self.job.job_dir),
             LABEL_TRY: spec.name,
+            LABEL_ROLE: spec.role,
+            LABEL_SERVICE: service,
         }
 
 
-def container_name(job_id: str, try_name: str) -> str:
+def container_name(job_id: str, try_name: str, role: str = "agent", service: str = MAIN) -> str:
     """Unique per try whatever the task name: the job id and a hash of the try's name, plus a readable part
-    (which may collide between names that differ only in characters Docker does not allow)."""
+    (which may collide between names that differ only in characters Docker does not allow). A try's other
+    containers (a separate verifier, compose services) add their role and service."""
     readable = re.sub(r"[^A-Za-z0-9_.-]", "-", try_name)[:40]
     digest = hashlib.sha256(try_name.encode()).hexdigest()[:12]
-    return f"evalkit-{job_id.replace('-', '')[:12]}-{readable}-{digest}"
+    name = f"evalkit-{job_id.replace('-', '')[:12]}-{readable}-{digest}"
+    if role != "agent":
+        name += f"-{role}"
+    if service != MAIN:
+        name += f"-{re.sub(r'[^A-Za-z0-9_.-]', '-', service)[:30]}-{hashlib.sha256(service.encode()).hexdigest()[:6]}"
+    return name
 
 
 async def _remove(container: aiodocker.containers.DockerContainer) -> None:
@@ -228,6 +258,18 @@ async def _remove(container: aiodocker.containers.DockerContainer) -> None:
     except aiodocker.DockerError as exc:
         if exc.status not in (404, 409):  # gone already, or removal already in progress
             raise
+
+
+async def _remove_volume(client: aiodocker.Docker, name: str) -> None:
+    """Remove a compose volume of a try; one still in use or already gone is left (logged), the next sweep
+    of the job removes it."""
+    try:
+        await client._query_json(f"volumes/{name}", method="DELETE")
+    except aiodocker.DockerError as exc:
+        if exc.status != 404:
+            logger.warning("could not remove volume %s: %s", name, exc.message)
+    except (aiohttp.ClientError, OSError) as exc:
+        logger.warning("could not remove volume %s: %s", name, exc)
 
 
 async def remove_idle_containers(docker_host: str | None, job_name: str | None) -> tuple[int, list[str]]:
@@ -272,13 +314,29 @@ list() {
 }
 """
 _START = _LIST + r"""
+settle=$1; shift
 mkdir -p "$@" && chmod 777 "$@" || exit 1
-# The init process forks the keep-alive as the container starts: wait until it is there to be counted.
+# The init process forks the keep-alive as the container starts: wait until it is there to be counted. When
+# an image ENTRYPOINT runs first (settle=1), it may start services before exec'ing the keep-alive: wait
+# until the process list has held still for three looks 0.1 s apart (at most ~5 s).
+previous=""; stable=0; looks=0
 for ((i = 0; i < 500; i++)); do
   list
-  ((${#listed[@]} >= 2)) && break
-  sleep 0.01
+  if ((${#listed[@]} >= 2)); then
+    [[ $settle == 1 ]] || break
+    current="${listed[*]}"
+    if [[ $current == "$previous" ]]; then stable=$((stable + 1)); else stable=0; fi
+    ((stable >= 3 || ++looks >= 50)) && break
+    previous=$current
+    sleep 0.1
+  else
+    sleep 0.01
+  fi
 done
+echo "${listed[*]}"
+"""
+_SNAPSHOT = _LIST + r"""
+list
 echo "${listed[*]}"
 """
 _KILL = _LIST + r"""
@@ -312,26 +370,35 @@ _ENTRY = re.compile(r"^\d+:\d+$")
 
 
 class DockerEnvironment:
-    """One try's container: built from the task, labelled, limited, hardened, /logs inside it."""
+    """One try's container: built from the task, labelled, limited, hardened, /logs inside it. A task with a
+    docker-compose file gets a pod: its services share one network namespace (see `_start_pod`), and every
+    container of it is labelled, limited and removed like the main one."""
 
     def __init__(self, backend: DockerBackend, task: Task, spec: EnvironmentSpec) -> None:
         self.backend = backend
         self.task = task
         self.spec = spec
-        self.name = container_name(backend.job.job_id, spec.name)
+        self.name = container_name(backend.job.job_id, spec.name, spec.role)
         self._container: aiodocker.containers.DockerContainer | None = None
+        self._others: dict[str, aiodocker.containers.DockerContainer] = {}
+        """A pod's other containers by service (`pod`, the namespace holder; sidecars): removed with the main one."""
+        self._volumes: list[str] = []
+        """A pod's named volumes, removed after its containers."""
         self._baseline: list[str] = []
         """`pid:starttime` of every process running right after start; kept here, out of the agent's reach."""
 
     async def start(self) -> ResourceEnvelope:
-        image = await self.backend.images.ensure(self.task, timeout_sec=self.spec.build_timeout_sec, log_path=self._build_log())
+        images = await self._images()
         try:
             async with asyncio.timeout(self.spec.start_timeout_sec):
                 with engine_errors("starting the container"):
-                    storage_enforced = await self._create(image)
-                    assert self._container is not None
-                    await self._container.start()
-                    setup = await self._run_quietly(_START, *LOG_DIRS)
+                    if self.task.compose is not None:
+                        storage_enforced = await self._start_pod(self.task.compose, images)
+                    else:
+                        self._container, storage_enforced = await self._create(lambda storage: self._create_config(images[MAIN], storage=storage))
+                        await self._container.start()
+                    settle = await self._runs_entrypoint(images[MAIN])
+                    setup = await self._run_quietly(_START, "1" if settle else "0", *LOG_DIRS)
         except TimeoutError:
             raise EnvironmentStartError(f"container did not start within {self.spec.start_timeout_sec:g} s") from None
         except aiodocker.DockerError as exc:
@@ -353,39 +420,69 @@ class DockerEnvironment:
             no_new_privileges=True,
         )
 
+    async def mark_baseline(self) -> None:
+        with engine_errors("listing the environment's processes"):
+            listing = await self._run_quietly(_SNAPSHOT)
+        entries = [entry for entry in listing.output.split() if _ENTRY.match(entry)]
+        if listing.exit_code != 0 or not entries:
+            raise EnvironmentStartError(f"could not list the container's processes: {listing.output.strip()[:200]}")
+        self._baseline = entries
+
     def _build_log(self) -> Path:
         return self.spec.build_log or Path(os.devnull)
 
-    async def _create(self, image: str) -> bool:
-        """Create the container; True if its storage is capped. An engine that refuses the cap is
-        remembered, and the container is made without it (the result says so)."""
+    async def _images(self) -> dict[str, str]:
+        """The image of every service: `main` is the task's; sidecars build from their context or use their
+        image (through the same cache, as if each were a task environment)."""
+        log = self._build_log()
+        images = {MAIN: await self.backend.images.ensure(self.task, timeout_sec=self.spec.build_timeout_sec, log_path=log)}
+        for service in self.task.compose.sidecars if self.task.compose is not None else ():
+            view = self.task.with_image(context=service.build_context, docker_image=service.image)
+            images[service.name] = await self.backend.images.ensure(view, timeout_sec=self.spec.build_timeout_sec, log_path=log)
+        return images
+
+    async def _runs_entrypoint(self, image: str) -> bool:
+        """Whether the main container starts through an ENTRYPOINT (which may start services first)."""
+        compose = self.task.compose
+        if compose is not None and compose.services[MAIN].entrypoint is not None:
+            return bool(compose.services[MAIN].entrypoint)
+        return bool(await self.backend.image_entrypoint(image))
+
+    async def _create(self, config: Callable[[bool], dict[str, Any]], service: str = MAIN) -> tuple[aiodocker.containers.DockerContainer, bool]:
+        """Create one container of this environment from `config(storage_capped)`; returns it and whether
+        its storage is capped. An engine that refuses the cap is remembered, and the container is made
+        without it (the result says so)."""
         try:
-            await self._create_once(image, storage=self.backend.storage_capable)
-            return self.backend.storage_capable
+            return await self._create_once(config(self.backend.storage_capable), service), self.backend.storage_capable
         except aiodocker.DockerError as exc:
             if not self.backend.storage_capable or "storage" not in exc.message.lower():
                 raise
         self.backend.storage_capable = False
         logger.warning("the Docker engine cannot cap container storage; containers run without storage_mb")
-        await self._create_once(image, storage=False)
-        return False
+        return await self._create_once(config(False), service), False
 
-    async def _create_once(self, image: str, *, storage: bool) -> None:
+    async def _create_once(self, config: dict[str, Any], service: str) -> aiodocker.containers.DockerContainer:
         # Not cancellable: a create the engine finishes after we stopped listening would leave a container
         # nobody knows the id of. It takes a fraction of a second; `stop()` then removes what it made.
+        made: list[aiodocker.containers.DockerContainer] = []
+
         async def create() -> None:
-            self._container = await self.backend.client.containers.create(self._create_config(image, storage=storage), name=self.name)
+            name = container_name(self.backend.job.job_id, self.spec.name, self.spec.role, service)
+            made.append(await self.backend.client.containers.create(config, name=name))
+            if service == MAIN:
+                self._container = made[0]
+            else:
+                self._others[service] = made[0]
 
-        await uncancellable(create())  # `_container` is set even when this raises CancelledError afterwards
+        await uncancellable(create())  # the container is recorded even when this raises CancelledError afterwards
+        return made[0]
 
-    def _create_config(self, image: str, *, storage: bool) -> dict[str, Any]:
+    def _host_config(self, network_mode: str, *, storage: bool) -> dict[str, Any]:
+        """The hardening and resource envelope every container of the try gets."""
         resources = self.spec.resources
         host_config: dict[str, Any] = {
             "Init": True,
-            "NetworkMode": self.spec.network_mode,
-            "Mounts": [
-                {"Type": "bind", "Source": str(m.source), "Target": m.target, "ReadOnly": True} for m in self.spec.mounts
-            ],
+            "NetworkMode": network_mode,
             "NanoCpus": int(resources.cpus * 1e9),
             "Memory": resources.memory_mb * 1024 * 1024,
             "PidsLimit": resources.pids_limit,
@@ -394,19 +491,145 @@ class DockerEnvironment:
         }
         if storage:
             host_config["StorageOpt"] = {"size": f"{resources.storage_mb}M"}
-        env = {**self.task.config.environment.env, **self.spec.env}
+        return host_config
+
+    def _create_config(self, image: str, *, storage: bool, network_mode: str | None = None,
+                       service: Service | None = None) -> dict[str, Any]:
+        """The main container: the image's ENTRYPOINT kept and only the command replaced, as Harbor does,
+        so services an entrypoint starts do run (a compose file may set either)."""
+        host_config = self._host_config(network_mode or self.spec.network_mode, storage=storage)
+        host_config["Mounts"] = [
+            {"Type": "bind", "Source": str(m.source), "Target": m.target, "ReadOnly": True} for m in self.spec.mounts
+        ]
+        env = {**(service.environment if service else {}), **self.task.config.environment.env, **self.spec.env}
         config: dict[str, Any] = {
             "Image": image,
-            # Tasks' images may define their own entrypoint; the container only has to stay up for execs.
-            "Entrypoint": ["sleep"],
-            "Cmd": ["infinity"],
+            "Cmd": list(service.command if service and service.command is not None else KEEP_ALIVE),
             "Labels": self.backend.labels(self.spec),
             "Env": [f"{k}={v}" for k, v in env.items()],
             "HostConfig": host_config,
         }
+        if service is not None and service.entrypoint is not None:
+            config["Entrypoint"] = list(service.entrypoint)
+        if service is not None:
+            self._add_service_options(config, service)
         if self.task.config.environment.workdir:
             config["WorkingDir"] = self.task.config.environment.workdir
         return config
+
+    # ------------------------------------------------------------------------------- compose services as a pod
+
+    async def _start_pod(self, project: ComposeProject, images: dict[str, str]) -> bool:
+        """Compose services as a pod, through the Engine API: a holder container owns the network namespace
+        (network `none` or `host`, as the job says) and maps every service name to 127.0.0.1; each service
+        joins it (`NetworkMode: container:<holder>`). Services start in `depends_on` order, a dependant only
+        once its `service_healthy` dependencies are healthy (the engine's own HEALTHCHECK) or its
+        `service_completed_successfully` ones exited 0; then, like `up --wait`, every service must be running
+        (and healthy, if it has a healthcheck). Returns whether storage is capped."""
+        for volume in project.volumes:
+            name = f"{self.name}-{re.sub(r'[^A-Za-z0-9_.-]', '-', volume)[:30]}"
+            await self.backend.client.volumes.create({"Name": name, "Labels": self.backend.labels(self.spec, f"volume:{volume}")})
+            self._volumes.append(name)
+        holder, storage_enforced = await self._create(lambda storage: {
+            "Image": images[MAIN],
+            "Entrypoint": ["sleep"],
+            "Cmd": ["infinity"],
+            "Labels": self.backend.labels(self.spec, "pod"),
+            "HostConfig": {**self._host_config(self.spec.network_mode, storage=False),
+                           "ExtraHosts": [f"{name}:127.0.0.1" for name in project.services]},
+        }, service="pod")
+        await holder.start()
+        joined = f"container:{holder.id}"
+        for service in project.services.values():
+            await self._wait_dependencies(project, service)
+            if service.name == MAIN:
+                container, _ = await self._create(lambda storage: self._create_config(
+                    images[MAIN], storage=storage, network_mode=joined, service=service))
+            else:
+                container, _ = await self._create(lambda storage, s=service: self._sidecar_config(s, images[s.name], joined, storage), service.name)
+            await container.start()
+        for service in project.services.values():
+            await self._wait_condition(service, "ready")
+        return storage_enforced
+
+    def _sidecar_config(self, service: Service, image: str, network_mode: str, storage: bool) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "Image": image,
+            "Labels": self.backend.labels(self.spec, service.name),
+            "Env": [f"{k}={v}" for k, v in service.environment.items()],
+            "HostConfig": {**self._host_config(network_mode, storage=storage), "Mounts": []},
+        }
+        if service.command is not None:
+            config["Cmd"] = list(service.command)
+        if service.entrypoint is not None:
+            config["Entrypoint"] = list(service.entrypoint)
+        self._add_service_options(config, service)
+        return config
+
+    def _add_service_options(self, config: dict[str, Any], service: Service) -> None:
+        mounts = config["HostConfig"].setdefault("Mounts", [])
+        for volume in service.volumes:
+            mount: dict[str, Any] = {"Type": "volume", "Target": volume.target, "ReadOnly": volume.read_only}
+            if volume.source is not None:
+                mount["Source"] = self._volumes[self.task.compose.volumes.index(volume.source)]
+            mounts.append(mount)
+        if service.healthcheck is not None:
+            check = service.healthcheck
+            config["Healthcheck"] = {
+                "Test": list(check.test),
+                "Interval": int(check.interval_sec * 1e9),
+                "Timeout": int(check.timeout_sec * 1e9),
+                "Retries": check.retries,
+                "StartPeriod": int(check.start_period_sec * 1e9),
+            }
+        if service.working_dir:
+            config["WorkingDir"] = service.working_dir
+        if service.user:
+            config["User"] = service.user
+
+    async def _wait_dependencies(self, project: ComposeProject, service: Service) -> None:
+        for dependency, condition in service.depends_on.items():
+            await self._wait_condition(project.services[dependency], condition)
+
+    async def _wait_condition(self, service: Service, condition: str) -> None:
+        """Poll a started service until `condition` holds: `service_started` (running), `service_healthy`,
+        `service_completed_successfully` (exited 0), or `ready` (what `up --wait` needs: running, and healthy
+        if it has a healthcheck; one that others wait to complete may have exited 0). Bounded by the build
+        timeout, which in Harbor bounds the whole start."""
+        container = self._running() if service.name == MAIN else self._others[service.name]
+        deadline = self.spec.build_timeout_sec
+        try:
+            async with asyncio.timeout(deadline):
+                while True:
+                    state = (await container.show()).get("State", {})
+                    health = (state.get("Health") or {}).get("Status")
+                    if state.get("Status") in ("exited", "dead"):
+                        completes = condition == "service_completed_successfully" or (condition == "ready" and self._completes(service.name))
+                        if completes and state.get("ExitCode") == 0:
+                            return
+                        raise EnvironmentStartError(await self._exit_message(container, service.name, state))
+                    if condition != "service_completed_successfully":
+                        if health == "unhealthy":
+                            raise HealthcheckError(f"compose service {service.name!r} is unhealthy: {_last_probe(state)}")
+                        if condition == "service_started" or service.healthcheck is None or health == "healthy":
+                            return
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise HealthcheckError(
+                f"compose service {service.name!r} was not {condition.removeprefix('service_')} within {deadline:g} s"
+            ) from None
+
+    def _completes(self, name: str) -> bool:
+        assert self.task.compose is not None
+        return any(s.depends_on.get(name) == "service_completed_successfully" for s in self.task.compose.services.values())
+
+    async def _exit_message(self, container: aiodocker.containers.DockerContainer, name: str, state: dict[str, Any]) -> str:
+        try:
+            lines = await container.log(stdout=True, stderr=True, tail=5)
+        except aiodocker.DockerError:
+            lines = []
+        tail = "".join(lines).strip()[-300:]
+        return f"compose service {name!r} exited with code {state.get('ExitCode')}" + (f": {tail}" if tail else "")
 
     def _running(self) -> aiodocker.containers.DockerContainer:
         if self._container is None:
@@ -508,7 +731,11 @@ class DockerEnvironment:
             await asyncio.sleep(0.1)
 
     async def put(self, source: Path, target: str) -> None:
-        data = await self.backend.archive(source, target)
+        # The task's own files are tarred once per job; anything else (a try's artifacts) every time.
+        if source.is_relative_to(self.task.path):
+            data = await self.backend.archive(source, target)
+        else:
+            data = await asyncio.to_thread(tar_directory, source, target.strip("/"))
         with engine_errors("copying files into the container"):
             await self._running().put_archive("/", data)
 
@@ -543,9 +770,17 @@ class DockerEnvironment:
             return DownloadReport(error=str(exc))
 
     async def stop(self) -> None:
-        container, self._container = self._container, None
-        if container is not None and not self.spec.keep:
-            self.backend.remove_soon(container)
+        containers = [c for c in (self._container, *self._others.values()) if c is not None]
+        volumes, self._container, self._others, self._volumes = self._volumes, None, {}, []
+        if (containers or volumes) and not self.spec.keep:
+            self.backend.remove_soon(*containers, volumes=volumes)
+
+
+def _last_probe(state: dict[str, Any]) -> str:
+    """The last healthcheck probe's exit code and output, short and escaped (the container wrote it)."""
+    log = (state.get("Health") or {}).get("Log") or [{}]
+    output = str(log[-1].get("Output", "")).strip()[-200:].encode("unicode_escape").decode()
+    return f"last probe exited {log[-1].get('ExitCode')}" + (f" ({output})" if output else "")
 
 
 async def _exit_code(execution: aiodocker.execs.Exec, deadline_sec: float = 10.0) -> int | None:
