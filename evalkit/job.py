@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from evalkit.adapters.harbor import TaskRef, resolve_tasks
 from evalkit.agents import create_agent
 from evalkit.cleanup import uncancellable
 from evalkit.config import SECRET_MARK, JobConfig
-from evalkit.environments import EnvironmentBackend, EnvironmentSpec, JobIdentity, Mount, Resources, connect_backend
+from evalkit.environments import Environment, EnvironmentBackend, EnvironmentSpec, JobIdentity, Mount, Resources, connect_backend
 from evalkit.errors import (
     ConfigError,
     EvalkitError,
@@ -138,6 +138,8 @@ class Job:
         self.trials: list[Trial] = []
         self.task_errors: dict[str, str] = {}
         """Tasks that cannot run at all, by name: `Type: message`. Known after `prepare()`."""
+        self.task_warnings: dict[str, list[str]] = {}
+        """Tasks that run with something ignored, by name. Known after `prepare()`."""
         self.started_at = utcnow()
         self.progress = Progress(total=0)
         self._lock = JobLock(self.job_dir, config.job_name)
@@ -183,6 +185,10 @@ class Job:
         self.task_errors = {
             ref.name: f"{type(problem).__name__}: {problem}" for ref, (_, problem) in zip(refs, loaded) if problem
         }
+        self.task_warnings = {ref.name: list(task.warnings) for ref, (task, _) in zip(refs, loaded) if task and task.warnings}
+        for name, warnings in self.task_warnings.items():  # once per job; every try's result records them too
+            for warning in warnings:
+                log.warning("task %s: %s", name, warning)
         await asyncio.to_thread(self._load_tries)
         await asyncio.to_thread(self._write_job_files, stored)
 
@@ -332,8 +338,10 @@ class Job:
                 await asyncio.sleep(self._backoff(trial))
             async with slots:
                 spec = self._try_spec(trial)
-                env = backend.environment(trial.task, self._environment_spec(trial.task, spec, timeouts))
-                result = await run_try(spec, env, agent, timeouts, gateway, retry_if=lambda r: self._should_retry(trial, r))
+                environment_spec = self._environment_spec(trial.task, spec, timeouts)
+                env = backend.environment(trial.task, environment_spec)
+                result = await run_try(spec, env, agent, timeouts, gateway, retry_if=lambda r: self._should_retry(trial, r),
+                                       verifier_environments=_verifier_environments(backend, environment_spec))
             await self._record(trial, result)
 
     def _try_spec(self, trial: Trial) -> TrySpec:
@@ -432,6 +440,7 @@ class Job:
             phases={name: phase_stats(values) for name, values in durations.items()},
             usage=sum_usage(usages) if usages else None,
             task_errors=self.task_errors,
+            task_warnings=self.task_warnings,
             tasks={
                 name: TaskSummary(
                     rewards=values,
@@ -471,6 +480,14 @@ def _overwrite_quietly(path: Path, summary: JobSummary) -> bool:
         return overwrite_json_in_place(path, summary)
     except OSError:
         return False
+
+
+def _verifier_environments(backend: EnvironmentBackend, agent_spec: EnvironmentSpec) -> Callable[[Task], Environment]:
+    """A try's separate verifier environments: same envelope and labels as the agent's, role `verifier`, and
+    of the agent's mounts only the CA bundle (never an agent runtime or a model route)."""
+    build_log = agent_spec.build_log and agent_spec.build_log.with_name("verifier-build.log")
+    mounts = tuple(m for m in agent_spec.mounts if m.target == _CA_PATH)
+    return lambda view: backend.environment(view, replace(agent_spec, role="verifier", mounts=mounts, build_log=build_log))
 
 
 def _first_evalkit_error(group: BaseExceptionGroup) -> BaseException:

@@ -141,7 +141,22 @@ class DownloadReport(BaseModel):
 class AgentOutcome(BaseModel):
     exit_code: int | None = None
     timed_out: bool = False
+    exit_code_is_error: bool = True
+    """False for the oracle: Harbor records a reference solution's exit code and raises nothing."""
     usage: ModelUsage | None = None
+
+
+class StepResult(BaseModel):
+    """One step of a multi-step task: its verdict and what happened on the way to it."""
+
+    name: str
+    rewards: dict[str, float] | None = None
+    """The step's verifier result; None when its verifier did not run or gave no reward."""
+    error: ErrorInfo | None = None
+    """The first failure of the step (setup, healthcheck, agent, verifier); a failed step is not the try's error."""
+    agent_outcome: AgentOutcome = AgentOutcome()
+    phases: dict[str, PhaseTiming] = {}
+    """setup, agent, verifier — whichever ran."""
 
 
 class TrialResult(BaseModel):
@@ -171,6 +186,10 @@ class TrialResult(BaseModel):
     finished_at: datetime | None = None
     will_retry: bool = False
     """True when the job scheduled another try for this (task, attempt) after this one."""
+    steps: list[StepResult] = []
+    """Multi-step tasks: each step that ran, in order (`rewards` is then combined from theirs)."""
+    warnings: list[str] = []
+    """What evalkit ignored in this task (unknown or unimplemented `task.toml` and compose keys), each named."""
 
     @property
     def reward(self) -> float | None:
@@ -231,6 +250,8 @@ class JobSummary(BaseModel):
     """Model calls summed over every try (retries cost tokens too); None when the job used no model."""
     task_errors: dict[str, str] = {}
     """Tasks that could not run at all (broken or unsupported), listed up front: name → `Type: message`."""
+    task_warnings: dict[str, list[str]] = {}
+    """Tasks that run with something ignored (unknown or unimplemented keys): name → what, once per job."""
     tasks: dict[str, TaskSummary]
     trials: dict[str, str]
     """`task__attempt` → directory name of its final try."""

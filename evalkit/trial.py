@@ -1,22 +1,32 @@
-"""One try of a trial: environment → agent setup → agent → (agent's processes killed, logs copied out) →
-verifier → results copied out, each phase timed and bounded, one `TrialResult`.
+"""One try of a trial: environment (and its healthcheck) → agent setup → agent → (agent's processes killed,
+logs copied out) → verifier → results copied out, each phase timed and bounded, one `TrialResult`.
 
 A phase's failure is recorded as a typed error with its kind, not raised: an agent that times out or exits
 non-zero still gets its verdict. Whatever fails after the agent started is the agent's outcome, except an
-engine that stopped answering. The container is removed on every path, cancellation included.
+engine that stopped answering. Every container is removed on every path, cancellation included.
+
+A multi-step task (`[[steps]]`) runs its steps in order in one environment, the verifier after each, as
+Harbor does: a step's failure is the step's (kept in `TrialResult.steps`), the steps stop early on a failure
+without a verdict or a missed `min_reward`, and the task's reward is combined from the steps that ran. A
+separate verifier (`[verifier] environment_mode = "separate"`) grades in an environment of its own that
+receives only `/logs/artifacts` and the declared artifacts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shlex
+import shutil
+import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalkit.agents import Agent
+from evalkit.artifacts import CONVENTION_DIR, collect_artifacts, run_collect_hooks, upload_artifacts
 from evalkit.cleanup import uncancellable
 from evalkit.config import TimeoutsConfig
 from evalkit.environments import Environment
@@ -30,8 +40,10 @@ from evalkit.errors import (
     JobFailedError,
     TrialError,
 )
-from evalkit.results import AgentOutcome, ErrorInfo, PhaseTiming, TrialResult, utcnow, write_json_atomic
-from evalkit.tasks import Task
+from evalkit.healthcheck import run_healthcheck
+from evalkit.results import AgentOutcome, ErrorInfo, PhaseTiming, StepResult, TrialResult, utcnow, write_json_atomic
+from evalkit.steps import combine_rewards, stop_reason
+from evalkit.tasks import Task, TaskStep, VerifierPlan
 from evalkit.verifier import FRESH_DIRS, run_verifier
 
 if TYPE_CHECKING:
@@ -48,6 +60,12 @@ LOG_COPIES = (
 )
 """Container directory → try subdirectory, and the names there that only the host writes."""
 _MESSAGE_CHARS = 4000
+_ENVIRONMENT_GONE = (ContainerLostError, DockerUnavailableError, AgentProcessesSurvivedError, JobFailedError)
+"""Failures after which nothing more can run in the environment (or be trusted from it): they end the try
+even inside a step."""
+
+VerifierEnvironments = Callable[[Task], Environment]
+"""Makes a separate verifier's environment for a view of the task whose image is the verifier's."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,17 @@ class PhaseTimeouts:
     agent_setup: float | None
     agent: float | None
     verifier: float | None
+    scaling: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    """The job's overrides and multipliers, for the per-step limits of a multi-step task."""
+
+    def for_step(self, task: Task, step: TaskStep) -> tuple[float | None, float | None]:
+        """A step's agent and verifier limits: `[steps.agent] timeout_sec` else the task's; the step's own
+        `[steps.verifier] timeout_sec`, which defaults to 600 s, never to the task's (as in Harbor)."""
+        t = self.scaling
+        agent = t.agent_sec or step.config.agent.timeout_sec or task.config.agent.timeout_sec
+        verifier = t.verifier_sec or step.config.verifier.timeout_sec
+        return (None if agent is None else agent * t.multiplier * t.agent_multiplier,
+                verifier * t.multiplier * t.verifier_multiplier)
 
 
 def phase_timeouts(task: Task, t: TimeoutsConfig) -> PhaseTimeouts:
@@ -71,6 +100,7 @@ def phase_timeouts(task: Task, t: TimeoutsConfig) -> PhaseTimeouts:
         agent_setup=scale(t.agent_setup_sec, t.agent_setup_multiplier),
         agent=scale(t.agent_sec or task.config.agent.timeout_sec, t.agent_multiplier),
         verifier=scale(t.verifier_sec or task.config.verifier.timeout_sec, t.verifier_multiplier),
+        scaling=t,
     )
 
 
@@ -123,6 +153,25 @@ def new_result(spec: TrySpec, task_name: str, agent: str) -> TrialResult:
     )
 
 
+@dataclass
+class _Run:
+    """What the phases of one try share."""
+
+    spec: TrySpec
+    task: Task
+    env: Environment
+    agent: Agent
+    result: TrialResult
+    verifier_environments: VerifierEnvironments | None
+    access: Any = None
+
+    async def copy_out(self, source: str, target: str, reserved: set[str], env: Environment | None = None) -> None:
+        self.result.downloads[target] = await (env or self.env).download(
+            source, self.spec.try_dir / target, max_bytes=self.spec.download_max_bytes,
+            max_files=self.spec.download_max_files, reserved=reserved,
+        )
+
+
 async def run_try(
     spec: TrySpec,
     env: Environment,
@@ -130,14 +179,18 @@ async def run_try(
     timeouts: PhaseTimeouts,
     gateway: Gateway | None = None,
     retry_if: Callable[[TrialResult], bool] | None = None,
+    verifier_environments: VerifierEnvironments | None = None,
 ) -> TrialResult:
     """Run every phase that can run, then write `evaluation/verdict.json` and `result.json`.
 
     `retry_if` decides `will_retry` before the one write, so a crash can never separate a result from
-    the decision to retry it."""
+    the decision to retry it. `verifier_environments` makes a separate verifier's environment (tasks whose
+    verifier runs in the agent's environment need none)."""
     task = spec.task
     assert task is not None
     result = new_result(spec, task.name, agent.name)
+    result.warnings = list(task.warnings)
+    run = _Run(spec, task, env, agent, result, verifier_environments)
     current = "environment"
     agent_started = False
 
@@ -158,11 +211,13 @@ async def run_try(
             result.error = error_info(exc, phase=current, agent_started=agent_started)
 
     await _in_thread(spec.try_dir.mkdir, parents=True, exist_ok=True)
-    access = None
     try:
         try:
             with phase("environment"):
                 result.environment = await env.start()
+                if task.config.environment.healthcheck is not None:
+                    await run_healthcheck(env, task.config.environment.healthcheck)
+                    await env.mark_baseline()  # what the environment runs once healthy is its own
             with phase("agent_setup"):
                 try:
                     async with asyncio.timeout(timeouts.agent_setup):
@@ -170,31 +225,35 @@ async def run_try(
                 except TimeoutError:
                     raise AgentSetupError(f"agent setup outlived its timeout of {timeouts.agent_setup:g} s") from None
             if gateway is not None:
-                access = await gateway.open_trial(spec.try_name, spec.try_dir / "agent" / TRAJECTORY_FILE)
+                run.access = await gateway.open_trial(spec.try_name, spec.try_dir / "agent" / TRAJECTORY_FILE)
             agent_started = True
-            with phase("agent"):
-                result.agent_outcome = await _run_agent(agent, task, env, access, timeouts.agent)
-                if result.agent_outcome.timed_out:
-                    record(AgentTimeoutError(f"the agent outlived its timeout of {timeouts.agent:g} s"))
-                elif result.agent_outcome.exit_code != 0:
-                    record(AgentExitError(f"the agent exited with code {result.agent_outcome.exit_code}"))
-                if access is not None:  # the key dies with the agent phase, before the verifier runs
-                    result.agent_outcome.usage = await uncancellable(gateway.close_trial(access.api_key))  # type: ignore[union-attr]
-                await env.kill_agent_processes(then_empty=FRESH_DIRS)
-            # The agent is gone, its logs are final: copy them out while the verifier runs.
-            agent_logs = asyncio.ensure_future(_copy_out(env, spec, result, LOG_COPIES[0]))
-            try:
-                with phase("verifier"):
-                    result.rewards = await run_verifier(task, env, timeout_sec=timeouts.verifier)
-            finally:
-                await _join(agent_logs)
+            if task.steps:
+                current = "agent"
+                await _run_steps(run, timeouts, gateway)
+            else:
+                plan = task.verifier_plan()
+                with phase("agent"):
+                    result.agent_outcome = await _run_agent(agent, task, env, run.access, timeouts.agent)
+                    for problem in _agent_problems(result.agent_outcome, timeouts.agent):
+                        record(problem)
+                    await _close_key(run, gateway)
+                    await env.kill_agent_processes(then_empty=FRESH_DIRS)
+                # The agent is gone, its logs are final: copy them out while the verifier runs (before it, when
+                # the verifier's environment replaces the agent's).
+                agent_logs = asyncio.ensure_future(run.copy_out(*LOG_COPIES[0]))
+                if plan.separate:
+                    await _join(agent_logs)
+                try:
+                    with phase("verifier"):
+                        result.rewards = await _verify(run, plan, timeouts.verifier, "")
+                finally:
+                    await _join(agent_logs)
         except Exception as exc:  # every failure of one try is that try's result, never the job's crash
             record(exc)
         finally:
-            if access is not None and result.agent_outcome.usage is None:
-                result.agent_outcome.usage = await uncancellable(gateway.close_trial(access.api_key))  # type: ignore[union-attr]
+            await _close_key(run, gateway)
         if result.environment is not None:  # the agent's logs too, when its phase ended early
-            await asyncio.gather(*(_copy_out(env, spec, result, copy) for copy in LOG_COPIES if copy[1] not in result.downloads))
+            await asyncio.gather(*(run.copy_out(*copy) for copy in LOG_COPIES if copy[1] not in result.downloads))
     finally:
         try:
             await uncancellable(env.stop())
@@ -207,6 +266,141 @@ async def run_try(
     return result
 
 
+def _agent_problems(outcome: AgentOutcome, timeout: float | None) -> list[TrialError]:
+    if outcome.timed_out:
+        return [AgentTimeoutError(f"the agent outlived its timeout of {timeout:g} s")]
+    if outcome.exit_code != 0 and outcome.exit_code is not None and outcome.exit_code_is_error:
+        return [AgentExitError(f"the agent exited with code {outcome.exit_code}")]
+    return []
+
+
+async def _close_key(run: _Run, gateway: Gateway | None) -> None:
+    """The model key dies with the agent phase, before any verifier runs (once per try)."""
+    if run.access is not None and gateway is not None and run.result.agent_outcome.usage is None:
+        access, run.access = run.access, None
+        run.result.agent_outcome.usage = await uncancellable(gateway.close_trial(access.api_key))
+
+
+async def _verify(run: _Run, plan: VerifierPlan, timeout: float | None, where: str) -> dict[str, float]:
+    """Collect hooks and declared artifacts, then the verifier: in the agent's environment (shared), or in a
+    fresh one that receives only `/logs/artifacts` and the artifacts (separate). The agent's processes are
+    dead and `/tests`, `/logs/verifier` empty by now."""
+    env, spec = run.env, run.spec
+    await run_collect_hooks(env, plan.collect)
+    collected, reports = await collect_artifacts(
+        env, plan.artifacts, spec.try_dir / "artifacts" / where, max_bytes=spec.download_max_bytes,
+        max_files=spec.download_max_files,
+    )
+    run.result.downloads.update({f"{where}{name}" if where else name: report for name, report in reports.items()})
+    if not plan.separate:
+        return await run_verifier(plan, env, timeout_sec=timeout)
+    if run.verifier_environments is None:
+        raise RuntimeError("this task's verifier needs an environment of its own, and none can be made here")
+    staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=".verifier-", dir=spec.try_dir))
+    try:
+        convention = staging / "logs-artifacts"
+        report = await env.download(CONVENTION_DIR, convention, max_bytes=spec.download_max_bytes, max_files=spec.download_max_files)
+        if not where:  # single-step: the agent's environment has no further use (Harbor stops it here)
+            await run.copy_out(*LOG_COPIES[2])
+            await uncancellable(env.stop())
+        view = run.task.with_image(context=plan.image_context, docker_image=plan.docker_image, environment=plan.environment)
+        verifier_env = run.verifier_environments(view)
+        try:
+            await verifier_env.start()
+            await upload_artifacts(verifier_env, convention if report.error is None else None, collected, staging)
+            try:
+                return await run_verifier(plan, verifier_env, timeout_sec=timeout)
+            finally:
+                await run.copy_out("/logs/verifier", f"evaluation/{where}".rstrip("/"), {VERDICT_FILE}, env=verifier_env)
+        finally:
+            await uncancellable(verifier_env.stop())
+    finally:
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+
+
+async def _run_steps(run: _Run, timeouts: PhaseTimeouts, gateway: Gateway | None) -> None:
+    """Each step in order in the one environment; stop early as Harbor does; combine the reward."""
+    task, env, result = run.task, run.env, run.result
+    for step in task.steps:
+        outcome = StepResult(name=step.name)
+        result.steps.append(outcome)
+        await _run_step(run, step, outcome, timeouts)
+        await _write(run.spec.try_dir / "evaluation" / "steps" / step.name / VERDICT_FILE,
+                     {"rewards": outcome.rewards, "error": outcome.error and outcome.error.model_dump()})
+        if stop_reason(outcome, step.config.min_reward) is not None:
+            break
+    await _close_key(run, gateway)
+    result.rewards = combine_rewards(result.steps, task.config.multi_step_reward_strategy)
+    if result.steps:
+        usage, result.agent_outcome = result.agent_outcome.usage, result.steps[-1].agent_outcome.model_copy()
+        result.agent_outcome.usage = usage
+
+
+async def _run_step(run: _Run, step: TaskStep, outcome: StepResult, timeouts: PhaseTimeouts) -> None:
+    """Prepare (fresh /logs/agent, /tests, /logs/verifier; `workdir/` and `setup.sh`; the step's
+    healthcheck), agent, verifier. A failure is the step's, unless the environment itself is gone."""
+    env, task = run.env, run.task
+    agent_timeout, verifier_timeout = timeouts.for_step(task, step)
+    user = step.config.agent.user if step.config.agent.user is not None else task.config.agent.user
+    user = None if user is None else str(user)
+
+    @contextmanager
+    def phase(name: str) -> Iterator[None]:
+        timing = outcome.phases[name] = PhaseTiming(started_at=utcnow())
+        try:
+            yield
+        except _ENVIRONMENT_GONE:
+            raise
+        except Exception as exc:
+            if outcome.error is None:
+                outcome.error = error_info(exc, phase=name, agent_started=name != "setup")
+        finally:
+            timing.finished_at = utcnow()
+
+    with phase("setup"):
+        # Nothing of the previous step (its agent's logs, its tests, its verdict) is seen by this one.
+        await env.kill_agent_processes(then_empty=("/logs/agent", *FRESH_DIRS))
+        ran = await _step_workdir(env, step, user)
+        if step.config.healthcheck is not None:
+            await run_healthcheck(env, step.config.healthcheck, user=user)
+        if ran or step.config.healthcheck is not None:
+            await env.mark_baseline()
+    if outcome.error is not None:
+        return
+    with phase("agent"):
+        try:
+            outcome.agent_outcome = await _run_agent(run.agent, task.for_step(step), env, run.access, agent_timeout)
+            problems = _agent_problems(outcome.agent_outcome, agent_timeout)
+            if problems:
+                raise problems[0]
+        finally:
+            await env.kill_agent_processes(then_empty=FRESH_DIRS)
+            await run.copy_out("/logs/agent", f"agent/steps/{step.name}", {TRAJECTORY_FILE})
+    with phase("verifier"):
+        try:
+            outcome.rewards = await _verify(run, task.verifier_plan(step), verifier_timeout, f"steps/{step.name}/")
+        finally:
+            if not task.verifier_plan(step).separate:
+                await run.copy_out("/logs/verifier", f"evaluation/steps/{step.name}", {VERDICT_FILE})
+
+
+async def _step_workdir(env: Environment, step: TaskStep, user: str | None) -> bool:
+    """Upload `steps/<name>/workdir/` into the working directory and run its `setup.sh` there (as the step's
+    agent user); True if a setup script ran."""
+    workdir = step.path / "workdir"
+    if not await asyncio.to_thread(workdir.is_dir):
+        return False
+    where = await env.exec("pwd", user=user, timeout_sec=60)
+    cwd = where.output.strip() or "/"
+    await env.put(workdir, cwd)
+    if not await asyncio.to_thread((workdir / "setup.sh").is_file):
+        return False
+    setup = await env.exec(f"bash {shlex.quote(cwd.rstrip('/') + '/setup.sh')}", user=user)
+    if setup.exit_code != 0:
+        raise RuntimeError(f"step {step.name!r}: setup.sh exited with code {setup.exit_code}: {setup.output.strip()[-300:]}")
+    return True
+
+
 async def _run_agent(agent: Agent, task: Task, env: Environment, access: Any, timeout: float | None) -> AgentOutcome:
     """The agent's run, bounded by the engine too: an agent that ignores its timeout is cut off."""
     try:
@@ -214,7 +408,7 @@ async def _run_agent(agent: Agent, task: Task, env: Environment, access: Any, ti
             outcome = await agent.run(task, env, model=access, timeout_sec=timeout)
     except TimeoutError:
         return AgentOutcome(timed_out=True)
-    return AgentOutcome(exit_code=outcome.exit_code, timed_out=outcome.timed_out)
+    return AgentOutcome(exit_code=outcome.exit_code, timed_out=outcome.timed_out, exit_code_is_error=outcome.exit_code_is_error)
 
 
 async def _join(task: asyncio.Future[None]) -> None:
@@ -225,14 +419,6 @@ async def _join(task: asyncio.Future[None]) -> None:
         task.cancel()
         await asyncio.wait([task])
         raise
-
-
-async def _copy_out(env: Environment, spec: TrySpec, result: TrialResult, copy: tuple[str, str, set[str]]) -> None:
-    source, target, reserved = copy
-    result.downloads[target] = await env.download(
-        source, spec.try_dir / target, max_bytes=spec.download_max_bytes, max_files=spec.download_max_files,
-        reserved=reserved,
-    )
 
 
 def _verdict(result: TrialResult) -> dict[str, Any]:

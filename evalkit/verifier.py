@@ -22,7 +22,7 @@ from evalkit.environments import (
     NotARegularFileError,
 )
 from evalkit.errors import RewardFileEmptyError, RewardFileMissingError, RewardParseError, VerifierTimeoutError
-from evalkit.tasks import Task
+from evalkit.tasks import VerifierPlan
 
 REWARD_DIR = "/logs/verifier"
 REWARD_FILES = ("reward.json", "reward.txt")
@@ -40,15 +40,21 @@ FRESH_DIRS = ("/tests", REWARD_DIR)
 left there (a `conftest.py`, a reward) survives into the verdict."""
 
 
-async def run_verifier(task: Task, env: Environment, *, timeout_sec: float | None) -> dict[str, float]:
-    """Upload the tests, run `test.sh`, read the reward. The caller has killed the agent's processes and
-    emptied FRESH_DIRS (one step, as root, so nothing can race it)."""
-    await env.put(task.tests_dir, "/tests")
+async def run_verifier(plan: VerifierPlan, env: Environment, *, timeout_sec: float | None) -> dict[str, float]:
+    """Upload the tests (the task's `tests/`, then a step's, whose files win; nothing when the verifier's
+    image bundles them), run `test.sh` — executed, so its shebang picks the interpreter, as in Harbor — and
+    read the reward; its exit code is ignored. The caller has killed the agent's processes and emptied
+    FRESH_DIRS (one step, as root, so nothing can race it)."""
+    for tests in plan.tests_dirs:
+        await env.put(tests, "/tests")
+    prepared = await env.exec("chmod +x /tests/test.sh", user="0", timeout_sec=60)
+    if prepared.exit_code != 0:
+        raise RewardFileMissingError(f"/tests/test.sh cannot be run: {excerpt(prepared.output)}")
     result = await env.exec(
-        f"bash /tests/test.sh > {REWARD_DIR}/test-stdout.txt 2>&1",
+        f"(/tests/test.sh) > {REWARD_DIR}/test-stdout.txt 2>&1",
         timeout_sec=timeout_sec,
-        env=task.config.verifier.env,
-        user=task.config.verifier.user,
+        env=plan.env,
+        user=None if plan.user is None else str(plan.user),
     )
     if result.timed_out:
         raise VerifierTimeoutError(f"tests/test.sh outlived the verifier timeout of {timeout_sec:g} s")
@@ -86,7 +92,8 @@ def parse_reward_txt(raw: bytes) -> dict[str, float]:
 
 
 def parse_reward_json(raw: bytes) -> dict[str, float]:
-    """A flat, non-empty object of at most MAX_REWARD_KEYS finite numbers."""
+    """A flat, non-empty object of at most MAX_REWARD_KEYS finite numbers (`true`/`false` count as 1 and 0,
+    as in Harbor, whose check lets booleans through as numbers)."""
     if not raw.strip():
         raise RewardFileEmptyError("reward.json is empty")
     try:
@@ -101,7 +108,7 @@ def parse_reward_json(raw: bytes) -> dict[str, float]:
     for key, value in data.items():
         if len(key) > MAX_KEY_CHARS:
             raise RewardParseError(f"reward.json: key {excerpt(key)} is longer than {MAX_KEY_CHARS} characters")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not isinstance(value, (int, float)):
             raise RewardParseError(f"reward.json: {excerpt(key)} must be a number, got {_json_type(value)}")
         try:
             number = float(value)

@@ -21,6 +21,8 @@ class AgentResult:
     exit_code: int | None
     """None when the run was killed on timeout."""
     timed_out: bool = False
+    exit_code_is_error: bool = True
+    """Whether a non-zero `exit_code` is the agent's error (`AgentExitError`); the oracle says no, as Harbor's."""
 
 
 class Agent(Protocol):

@@ -438,7 +438,8 @@ class DockerEnvironment:
         images = {MAIN: await self.backend.images.ensure(self.task, timeout_sec=self.spec.build_timeout_sec, log_path=log)}
         for service in self.task.compose.sidecars if self.task.compose is not None else ():
             view = self.task.with_image(context=service.build_context, docker_image=service.image)
-            images[service.name] = await self.backend.images.ensure(view, timeout_sec=self.spec.build_timeout_sec, log_path=log)
+            service_log = log if self.spec.build_log is None else log.with_name(f"build-{service.name}.log")
+            images[service.name] = await self.backend.images.ensure(view, timeout_sec=self.spec.build_timeout_sec, log_path=service_log)
         return images
 
     async def _runs_entrypoint(self, image: str) -> bool:
