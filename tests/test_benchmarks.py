@@ -35,7 +35,7 @@ async def test_smoke_and_faults_in_one_job(jobs_dir: Path):
     }
     assert await job_containers(name) == []
     kinds = {t.task_name: t.error.kind for t in result.trials if t.error}
-    assert kinds == {"agent-exits-nonzero": "agent", "agent-timeout": "agent", "bad-reward": "verifier", "build-fails": "task",
+    assert kinds == {"agent-timeout": "agent", "bad-reward": "verifier", "build-fails": "task",
                      "empty-reward": "verifier", "no-reward": "verifier", "verifier-timeout": "verifier"}
 
     on_disk = read_json(jobs_dir / name / "results.json")

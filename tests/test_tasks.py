@@ -78,12 +78,10 @@ def test_env_tables_expand_only_variables_the_job_passes(tmp_path: Path, monkeyp
 
 
 def test_unsupported_features_are_their_own_error(tmp_path: Path):
-    compose = write_task(tmp_path, "compose", dockerfile=None)
-    (compose / "environment").mkdir()
-    (compose / "environment" / "docker-compose.yaml").write_text("services: {}\n")
+    windows = write_task(tmp_path, "windows", task_toml='[environment]\nos = "windows"\n')
     with pytest.raises(TaskUnsupportedError) as caught:
-        load_task(compose)
-    assert str(caught.value) == f"task 'compose' ({compose}): docker-compose environments are not supported yet"
+        load_task(windows)
+    assert str(caught.value) == f"task 'windows' ({windows}): environment.os = 'windows': only Linux environments are supported"
     gpu = write_task(tmp_path, "gpu", task_toml="[environment]\ngpus = 1\n")
     with pytest.raises(TaskUnsupportedError, match=r"environment.gpus = 1: GPUs are not supported yet$"):
         load_task(gpu)

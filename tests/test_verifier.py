@@ -51,11 +51,14 @@ def test_reward_json_accepts_a_flat_object_of_numbers():
     assert parse_reward_json(b'{"reward": 1, "style": 0.5}') == {"reward": 1.0, "style": 0.5}
 
 
+def test_reward_json_booleans_count_as_numbers_as_in_harbor():
+    assert parse_reward_json(b'{"reward": true, "style": false}') == {"reward": 1.0, "style": 0.0}
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
         (b'{"a": 1e308, "b": 1e308}', "reward.json: 'a' must be a finite number within ±1e+12, got '1e+308'"),
-        (b'{"a": true}', "reward.json: 'a' must be a number, got a boolean"),
         (b'{"a": "1"}', "reward.json: 'a' must be a number, got a string"),
         (b'{"a": {"b": 1}}', "reward.json: 'a' must be a number, got an object"),
         (b'{"a": null}', "reward.json: 'a' must be a number, got null"),

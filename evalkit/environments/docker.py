@@ -292,6 +292,13 @@ async def remove_idle_containers(docker_host: str | None, job_name: str | None) 
                     continue
             doomed.append(container)
         await asyncio.gather(*(_remove(c) for c in doomed))
+        # Compose volumes go with their try's containers (a volume still in use is left for next time).
+        for volume in (await client.volumes.list(filters={"label": [label]})).get("Volumes") or []:
+            job_dir = (volume.get("Labels") or {}).get(LABEL_JOB_DIR)
+            if job_dir is not None and job_dir not in running:
+                running[job_dir] = await asyncio.to_thread(job_is_running, Path(job_dir))
+            if job_dir is None or not running[job_dir]:
+                await _remove_volume(client, volume["Name"])
         return len(doomed), sorted(kept)
     finally:
         await close_client(client)
