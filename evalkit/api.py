@@ -38,6 +38,9 @@ async def evaluate(
         await job.prepare()
         for name, problem in job.task_errors.items():
             log.warning("task %s cannot run: %s", name, problem)
+        for name, warnings in job.task_warnings.items():  # once per job; every try's result names them too
+            for warning in warnings:
+                log.warning("task %s runs with %s", name, warning)
         return await job.run()
     finally:
         job.close()

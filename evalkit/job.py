@@ -186,9 +186,6 @@ class Job:
             ref.name: f"{type(problem).__name__}: {problem}" for ref, (_, problem) in zip(refs, loaded) if problem
         }
         self.task_warnings = {ref.name: list(task.warnings) for ref, (task, _) in zip(refs, loaded) if task and task.warnings}
-        for name, warnings in self.task_warnings.items():  # once per job; every try's result records them too
-            for warning in warnings:
-                log.warning("task %s: %s", name, warning)
         await asyncio.to_thread(self._load_tries)
         await asyncio.to_thread(self._write_job_files, stored)
 

@@ -39,6 +39,11 @@ async def _run(job: Job, config: JobConfig, console: Console, quiet: bool) -> in
         console.print(f"[yellow]{len(job.task_errors)} task(s) cannot run and are recorded as errors:")
         for name, problem in job.task_errors.items():
             console.print(f"  {escape(name)}: {escape(problem)}", highlight=False, soft_wrap=True)
+    if job.task_warnings:  # once per job; every try's result names them too
+        console.print(f"[yellow]{len(job.task_warnings)} task(s) run with something evalkit ignores:")
+        for name, warnings in job.task_warnings.items():
+            for warning in warnings:
+                console.print(f"  {escape(name)}: {escape(warning)}", highlight=False, soft_wrap=True)
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -252,8 +252,9 @@ async def run_try(
             record(exc)
         finally:
             await _close_key(run, gateway)
-        if result.environment is not None:  # the agent's logs too, when its phase ended early
-            await asyncio.gather(*(run.copy_out(*copy) for copy in LOG_COPIES if copy[1] not in result.downloads))
+        if result.environment is not None:  # the agent's logs too, when its phase ended early (steps copy their own)
+            copies = LOG_COPIES[2:] if task.steps else LOG_COPIES
+            await asyncio.gather(*(run.copy_out(*copy) for copy in copies if copy[1] not in result.downloads))
     finally:
         try:
             await uncancellable(env.stop())
@@ -281,10 +282,11 @@ async def _close_key(run: _Run, gateway: Gateway | None) -> None:
         run.result.agent_outcome.usage = await uncancellable(gateway.close_trial(access.api_key))
 
 
-async def _verify(run: _Run, plan: VerifierPlan, timeout: float | None, where: str) -> dict[str, float]:
+async def _verify(run: _Run, plan: VerifierPlan, timeout: float | None, where: str, *, last: bool = True) -> dict[str, float]:
     """Collect hooks and declared artifacts, then the verifier: in the agent's environment (shared), or in a
-    fresh one that receives only `/logs/artifacts` and the artifacts (separate). The agent's processes are
-    dead and `/tests`, `/logs/verifier` empty by now."""
+    fresh one that receives only `/logs/artifacts` and the artifacts (separate; on the `last` verification
+    of the try the agent's environment is stopped first, as in Harbor). The agent's processes are dead and
+    `/tests`, `/logs/verifier` empty by now."""
     env, spec = run.env, run.spec
     await run_collect_hooks(env, plan.collect)
     collected, reports = await collect_artifacts(
@@ -300,7 +302,7 @@ async def _verify(run: _Run, plan: VerifierPlan, timeout: float | None, where: s
     try:
         convention = staging / "logs-artifacts"
         report = await env.download(CONVENTION_DIR, convention, max_bytes=spec.download_max_bytes, max_files=spec.download_max_files)
-        if not where:  # single-step: the agent's environment has no further use (Harbor stops it here)
+        if last:  # the agent's environment has no further use (Harbor stops it here)
             await run.copy_out(*LOG_COPIES[2])
             await uncancellable(env.stop())
         view = run.task.with_image(context=plan.image_context, docker_image=plan.docker_image, environment=plan.environment)
@@ -378,7 +380,8 @@ async def _run_step(run: _Run, step: TaskStep, outcome: StepResult, timeouts: Ph
             await run.copy_out("/logs/agent", f"agent/steps/{step.name}", {TRAJECTORY_FILE})
     with phase("verifier"):
         try:
-            outcome.rewards = await _verify(run, task.verifier_plan(step), verifier_timeout, f"steps/{step.name}/")
+            outcome.rewards = await _verify(run, task.verifier_plan(step), verifier_timeout, f"steps/{step.name}/",
+                                            last=step is task.steps[-1])
         finally:
             if not task.verifier_plan(step).separate:
                 await run.copy_out("/logs/verifier", f"evaluation/steps/{step.name}", {VERDICT_FILE})

@@ -312,9 +312,7 @@ async def test_job_files_are_readable_by_others(tmp_path: Path):
 def broken_tasks(root: Path) -> Path:
     write_task(root, "good")
     write_task(root, "bad-toml", task_toml="[agent\n")
-    compose = write_task(root, "compose", dockerfile=None)
-    (compose / "environment").mkdir()
-    (compose / "environment" / "docker-compose.yaml").write_text("services: {}\n")
+    write_task(root, "windows", task_toml='[environment]\nos = "windows"\n')
     write_task(root, "greedy", task_toml='[environment.env]\nK = "${EVALKIT_ENGINE_TEST_KEY}"\n')
     return root
 
@@ -327,15 +325,15 @@ def test_broken_tasks_are_listed_up_front_and_the_rest_runs(tmp_path: Path):
     lines = result.stderr.splitlines()
     assert lines[0] == "3 task(s) cannot run and are recorded as errors:"
     assert lines[1].startswith("  bad-toml: TaskConfigError: ") and "malformed TOML" in lines[1]
-    assert lines[2] == f"  compose: TaskUnsupportedError: task 'compose' ({tmp_path / 'tasks' / 'compose'}): docker-compose environments are not supported yet"
-    assert lines[3] == ("  greedy: TaskConfigError: task 'greedy': environment.env.K refers to ${EVALKIT_ENGINE_TEST_KEY}, which "
+    assert lines[2] == ("  greedy: TaskConfigError: task 'greedy': environment.env.K refers to ${EVALKIT_ENGINE_TEST_KEY}, which "
                         "environment.pass_env does not list; a task reads only host variables the job passes")
+    assert lines[3] == f"  windows: TaskUnsupportedError: task 'windows' ({tmp_path / 'tasks' / 'windows'}): environment.os = 'windows': only Linux environments are supported"
     job_dir = tmp_path / "jobs" / name
     summary = read_json(job_dir / "results.json")
-    assert sorted(summary["task_errors"]) == ["bad-toml", "compose", "greedy"]
+    assert sorted(summary["task_errors"]) == ["bad-toml", "greedy", "windows"]
     assert summary["errors"] == {"TaskConfigError": 2, "TaskUnsupportedError": 1}
     assert summary["tasks"]["good"]["rewards"] == [1.0]
-    for task in ("bad-toml", "compose", "greedy"):
+    for task in ("bad-toml", "greedy", "windows"):
         trial = read_json(job_dir / f"{task}__0" / "result.json")
         assert (trial["error"]["kind"], trial["error"]["phase"], trial["environment"], trial["phases"]) == ("task", "load", None, {})
 

@@ -36,7 +36,7 @@ def _config(name: str, jobs_dir: Path, tasks: list[str], **extra: object) -> dic
 async def test_every_task_is_scored_as_harbor_scores_it(jobs_dir: Path, caplog: pytest.LogCaptureFixture):
     expected = {name: e for name, e in expected_outcomes("evalkit-harbor-format").items() if name not in IMAGE_BUILDER_TASKS}
     name = f"harbor-format-{uuid.uuid4().hex[:6]}"
-    with caplog.at_level(logging.WARNING, logger="evalkit.job"):
+    with caplog.at_level(logging.WARNING, logger="evalkit"):
         result = await evaluate(_config(name, jobs_dir, list(expected)))
 
     outcomes = {t.task_name: {"rewards": t.rewards, "error": t.error and t.error.type} for t in result.trials}
@@ -79,7 +79,7 @@ async def test_every_task_is_scored_as_harbor_scores_it(jobs_dir: Path, caplog: 
     warned = {"unimplemented-key": ["environment.skills_dir"], "unknown-key": ["verifier.timeout"]}
     summary = read_json(result.job_dir / "results.json")
     assert {task: [w.split(":")[0] for w in ws] for task, ws in summary["task_warnings"].items()} == warned
-    logged = [r.getMessage() for r in caplog.records if r.name == "evalkit.job"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "evalkit"]
     assert len([m for m in logged if "environment.skills_dir" in m]) == 1
     assert len([m for m in logged if "verifier.timeout" in m]) == 1
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from evalkit import evaluate
-from tests.conftest import BENCHMARKS, job_containers, read_json, write_task
+from tests.conftest import BENCHMARKS, job_containers, read_json, run_cli, write_config, write_task
 
 pytestmark = pytest.mark.docker
 OK_TEST = "echo 1 > /logs/verifier/reward.txt"
@@ -72,6 +72,11 @@ async def test_healthcheck_timeouts_and_failing_steps_as_harbor_counts_them(jobs
         # A step's solution/ without solve.sh: the step's error, its verifier still runs, later steps too.
         _multi_step(root, "step-solve-missing", {"a": {"solution_dir": "", "test": "echo 0.5 > /logs/verifier/reward.txt"},
                                                  "b": {"solve": "true", "test": OK_TEST}}),
+        # Separate verifiers per step: each grades in a fresh container that sees /logs/artifacts only.
+        _multi_step(root, "steps-separate", {
+            step: {"solve": f"echo {step} > /app/{step}.txt; mkdir -p /logs/artifacts; echo {step} > /logs/artifacts/{step}.txt",
+                   "test": f"[ -f /logs/artifacts/{step}.txt ] && [ ! -e /app/{step}.txt ] && echo 1 > /logs/verifier/reward.txt"}
+            for step in ("a", "b")}, task_toml='[verifier]\nenvironment_mode = "separate"\n'),
     ]
     name = f"harbor-steps-{uuid.uuid4().hex[:6]}"
     result = await evaluate({"job_name": name, "jobs_dir": str(jobs_dir), "environment": {"network_mode": "none"},
@@ -97,6 +102,14 @@ async def test_healthcheck_timeouts_and_failing_steps_as_harbor_counts_them(jobs
     assert missing.rewards == {"reward": 0.75} and missing.error is None
     assert missing.steps[0].error.message == "Solution script not found: steps/a/solution/solve.sh"
     assert read_json(result.job_dir / missing.trial_name / "evaluation" / "steps" / "a" / "verdict.json")["rewards"] == {"reward": 0.5}
+
+    separate = trials["steps-separate"]
+    assert [(s.name, s.rewards, s.error) for s in separate.steps] == [("a", {"reward": 1.0}, None), ("b", {"reward": 1.0}, None)]
+    assert separate.rewards == {"reward": 1.0} and separate.error is None
+    separate_dir = result.job_dir / separate.trial_name
+    assert (separate_dir / "evaluation" / "steps" / "b" / "test-stdout.txt").is_file()
+    assert sorted(p.name for p in (separate_dir / "artifacts").iterdir()) == ["a.txt", "b.txt"]
+    assert all(report.error is None for report in separate.downloads.values()), separate.downloads
     assert await job_containers(name) == []
 
 
@@ -115,3 +128,17 @@ async def test_a_task_evalkit_cannot_run_faithfully_is_refused_before_any_contai
     assert result.summary.task_errors == {"compose-bind": f"TaskUnsupportedError: {trial.error.message}"}
     assert sorted(p.name for p in (result.job_dir / trial.trial_name).iterdir()) == ["result.json"]
     assert await job_containers(name) == []
+
+
+def test_the_cli_shows_a_tasks_ignored_keys_once_per_job(jobs_dir: Path, tmp_path: Path):
+    name = f"harbor-cli-{uuid.uuid4().hex[:6]}"
+    config = write_config(tmp_path / "config.yaml", {
+        "job_name": name, "jobs_dir": str(jobs_dir), "n_attempts": 2, "environment": {"network_mode": "none"},
+        "dataset": {"tasks": [{"path": str(BENCHMARKS / "evalkit-harbor-format" / "unknown-key")}]}})
+    done = run_cli("run", str(config))
+    assert done.returncode == 0, done.stderr
+    shown = done.stdout + done.stderr
+    assert shown.count("verifier.timeout: not a Harbor task.toml key; ignored (did you mean timeout_sec?)") == 1
+    for attempt in (0, 1):
+        result = read_json(jobs_dir / name / f"unknown-key__{attempt}" / "result.json")
+        assert result["warnings"] == ["verifier.timeout: not a Harbor task.toml key; ignored (did you mean timeout_sec?)"]
