@@ -113,6 +113,11 @@ class DockerUnavailableError(TrialError):
     """The container engine stopped answering; whatever phase it happened in, the machine failed."""
 
 
+class GatewayLostError(TrialError):
+    """The model gateway's process that served this try died while the try ran; whatever the agent did after,
+    the machine failed (its calls since are missing from the trajectory and the usage)."""
+
+
 # ------------------------------------------------------------------------------------------- agent
 
 

@@ -37,6 +37,7 @@ from evalkit.errors import (
     AgentTimeoutError,
     ContainerLostError,
     DockerUnavailableError,
+    GatewayLostError,
     JobFailedError,
     TrialError,
 )
@@ -128,7 +129,7 @@ def error_info(exc: BaseException, *, phase: str, agent_started: bool) -> ErrorI
     (it may have caused it), unless the engine itself went away."""
     typed = isinstance(exc, TrialError)
     kind = exc.kind if isinstance(exc, TrialError) else "infrastructure"
-    if agent_started and kind == "infrastructure" and not isinstance(exc, DockerUnavailableError):
+    if agent_started and kind == "infrastructure" and not isinstance(exc, DockerUnavailableError | GatewayLostError):
         kind = "agent"
     message = str(exc) or type(exc).__name__
     return ErrorInfo(
@@ -207,7 +208,9 @@ async def run_try(
     def record(exc: BaseException) -> None:
         # The first error stands, except those that explain whatever the agent's exit looked like and why
         # no verdict follows.
-        if result.error is None or isinstance(exc, (ContainerLostError, DockerUnavailableError, AgentProcessesSurvivedError)):
+        if result.error is None or isinstance(
+            exc, (ContainerLostError, DockerUnavailableError, AgentProcessesSurvivedError, GatewayLostError)
+        ):
             result.error = error_info(exc, phase=current, agent_started=agent_started)
 
     await _in_thread(spec.try_dir.mkdir, parents=True, exist_ok=True)
@@ -251,7 +254,10 @@ async def run_try(
         except Exception as exc:  # every failure of one try is that try's result, never the job's crash
             record(exc)
         finally:
-            await _close_key(run, gateway)
+            try:
+                await _close_key(run, gateway)
+            except GatewayLostError as exc:  # the gateway process serving this try died before the agent ended
+                record(exc)
         if result.environment is not None:  # the agent's logs too, when its phase ended early (steps copy their own)
             copies = LOG_COPIES[2:] if task.steps else LOG_COPIES
             await asyncio.gather(*(run.copy_out(*copy) for copy in copies if copy[1] not in result.downloads))

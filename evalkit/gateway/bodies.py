@@ -23,6 +23,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
+import orjson
+
 from evalkit.gateway.config import Protocol
 
 OPENAI_CHAT = frozenset(
@@ -31,10 +34,11 @@ OPENAI_CHAT = frozenset(
         "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls", "prediction",
         "presence_penalty", "prompt_cache_key", "prompt_cache_retention", "reasoning_effort", "response_format",
         "safety_identifier", "seed", "service_tier", "stop", "store", "stream", "stream_options", "temperature",
-        "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+        "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity",
     }
 )  # fmt: skip
-"""POST /v1/chat/completions, as OpenAI documents it."""
+"""POST /v1/chat/completions, as OpenAI documents it (`web_search_options` is left out: it has the provider fetch
+from the internet for a sandboxed agent)."""
 
 OPENAI_RESPONSES = frozenset(
     {
@@ -95,12 +99,13 @@ _REFUSED = re.compile(
 
 
 def refused_field(protocol: Protocol, body: dict[str, Any]) -> str | None:
-    """The first field of `body` that must be refused, with why; None when the body may go on."""
+    """The first field of `body` (parsed, or `parse`d to raw values) that must be refused, with why; None when
+    the body may go on."""
     known = _KNOWN[protocol]
     for name in body:
         if name not in known and _REFUSED.search(name):
             return f"field `{name}` is not accepted: the gateway chooses the upstream, its key and its settings"
-    kwargs = body.get("chat_template_kwargs")
+    kwargs = value_of(body.get("chat_template_kwargs"))
     if isinstance(kwargs, dict) and "chat_template" in kwargs:
         return "field `chat_template_kwargs.chat_template` is not accepted: the chat template is the server's"
     return None
@@ -117,11 +122,102 @@ def passed_fields(protocol: Protocol, provider: str, translated: bool) -> frozen
 
 
 def filtered(body: dict[str, Any], fields: frozenset[str]) -> tuple[dict[str, Any], list[str]]:
-    """`body` without the fields outside `fields`, and the names of those dropped."""
+    """`body` without the fields outside `fields` and without server tools, and the names of those dropped."""
     dropped = [name for name in body if name not in fields]
-    if not dropped:
-        return body, dropped
-    return {k: v for k, v in body.items() if k in fields}, dropped
+    if dropped:
+        body = {k: v for k, v in body.items() if k in fields}
+    tools = body.get("tools")
+    if isinstance(tools, list) and (servers := [t for t in tools if _server_tool(t)]):
+        body = {**body, "tools": [t for t in tools if not _server_tool(t)]}
+        dropped += [f"tools[{t.get('type')}]" for t in servers]
+    return body, dropped
+
+
+# ------------------------------------------------------------------------------------------- raw bodies
+
+RawFields = dict[str, msgspec.Raw]
+"""A request's top-level fields, each value still the agent's bytes (`parse`)."""
+
+_top_level = msgspec.json.Decoder(RawFields)
+
+
+class BodyError(ValueError):
+    """A request body that is not a JSON object."""
+
+
+def parse(raw: bytes) -> RawFields:
+    """The top-level fields of a JSON object, without building the values: the pass-through path reads only a few
+    small ones (`model`, `stream`) and forwards the rest as the agent's bytes, so it never re-encodes a body.
+    The whole body is still checked to be valid JSON and UTF-8 (it is embedded in trajectory lines)."""
+    try:
+        fields = _top_level.decode(raw)
+    except msgspec.ValidationError:
+        raise BodyError("request body must be a JSON object") from None
+    except msgspec.DecodeError as exc:
+        raise BodyError(f"request body is not valid JSON: {exc}") from None
+    if not raw.isascii():
+        try:
+            raw.decode()
+        except UnicodeDecodeError as exc:
+            raise BodyError(f"request body is not valid JSON: not UTF-8 at byte {exc.start}") from None
+    return fields
+
+
+def value_of(value: Any) -> Any:
+    """A raw field's value (a small one: this builds it), anything else as it is."""
+    if isinstance(value, msgspec.Raw):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:  # valid JSON orjson refuses (a lone surrogate, 1e999)
+            return msgspec.json.decode(value)
+    return value
+
+
+_KEYS: dict[str, bytes] = {}
+
+
+def _key(name: str) -> bytes:
+    if (key := _KEYS.get(name)) is None:
+        key = orjson.dumps(name) + b":"
+        if len(_KEYS) < 4096:  # documented names, mostly; a hostile body must not grow this without bound
+            _KEYS[name] = key
+    return key
+
+
+def spliced(
+    raw: bytes, fields: RawFields, allowed: frozenset[str], model: bytes, extra: bytes = b""
+) -> tuple[bytes, list[str]]:
+    """The body for the upstream and the names of the fields dropped from it: the agent's bytes when nothing
+    changes, else its fields' bytes joined again (one copy), with `model` (JSON bytes) as the model's value,
+    the fields outside `allowed` and any server tools left out, and `extra` (`,"name":value` bytes) added."""
+    dropped = [name for name in fields if name not in allowed]
+    tools = fields.get("tools")
+    servers: list[Any] = []
+    if tools is not None and b'"type"' in bytes(tools) and isinstance(parsed := value_of(tools), list):
+        servers = [t for t in parsed if _server_tool(t)]
+    if not dropped and not servers and not extra and bytes(fields["model"]) == model:
+        return raw, dropped
+    parts: list[bytes | msgspec.Raw] = []
+    for name, value in fields.items():
+        if name not in allowed:
+            continue
+        if name == "model":
+            value = model  # type: ignore[assignment]
+        elif name == "tools" and servers:
+            value = orjson.dumps([t for t in parsed if not _server_tool(t)])  # type: ignore[assignment]
+        parts += (b",", _key(name), value)
+    parts[0] = b"{"
+    parts += (extra, b"}")
+    return b"".join(parts), dropped + [f"tools[{t.get('type')}]" for t in servers]
+
+
+SERVER_TOOL_TYPES = re.compile(r"^(web_search|web_fetch|code_execution|mcp|file_search|code_interpreter|image_generation)")
+"""Tools the provider runs itself (Anthropic's and OpenAI's hosted tools): they would fetch from the internet or
+run code on the provider's side for an agent the job sandboxed, so they are dropped from `tools`."""
+
+
+def _server_tool(tool: Any) -> bool:
+    return isinstance(tool, dict) and isinstance(kind := tool.get("type"), str) and bool(SERVER_TOOL_TYPES.match(kind))
 
 
 # ------------------------------------------------------------------------------------------- shape

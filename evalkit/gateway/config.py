@@ -115,8 +115,27 @@ class LLMApiConfig(StrictModel):
     """Address the gateway listens on; loopback by default so nothing outside this machine can reach it."""
     port: int = Field(default=0, ge=0, le=65535)
     """Port to listen on; 0 picks a free one (the job passes the URL to its agents)."""
+    processes: int = Field(default=1, ge=1, le=64)
+    """Gateway processes, each serving its share of the trials (a trial's calls all go to one); the job's own
+    process runs none of the gateway. More than one helps only with cores to spare (see README, Performance)."""
     timeout_sec: float = Field(default=600.0, gt=0)
-    """Limit on one upstream attempt, streaming included; long generations on slow local models need minutes."""
+    """Limit on an attempt until the answer starts (headers and, for a stream, its first event), and on a whole
+    non-streamed answer; queueing and prefill on a loaded local model take minutes."""
+    connect_timeout_sec: float = Field(default=10.0, gt=0)
+    """Limit on opening a connection to a deployment; running out counts against the deployment."""
+    idle_timeout_sec: float = Field(default=120.0, gt=0)
+    """Longest silence between two reads of a stream once it started: a stalled stream ends with an error
+    event, a slow but live one runs on (there is no deadline for a whole generation unless `max_stream_sec`)."""
+    max_stream_sec: float | None = Field(default=None, gt=0)
+    """Optional cap on a whole stream, first byte to last; none by default."""
+    slot_wait_sec: float = Field(default=60.0, ge=0)
+    """Longest wait for an in-flight slot (`max_in_flight`) before the call gets a 503 with Retry-After."""
+    spill_after_sec: float = Field(default=1.0, ge=0)
+    """How long a call waits for a slot on its trial's replica before it may go to another healthy replica
+    with a free slot (losing the prefix cache for that call)."""
+    upstream_keepalive_sec: float = Field(default=4.0, gt=0)
+    """Idle pooled upstream connections are closed after this long: under vLLM's (uvicorn's) 5 s, so the
+    gateway never sends a request on a connection the server is closing."""
     max_retries: int = Field(default=3, ge=0)
     """Further attempts after a 408/429/5xx, a connection error or a timeout, before any byte reached the agent."""
     retry_backoff_sec: float = Field(default=0.5, ge=0)
@@ -124,11 +143,18 @@ class LLMApiConfig(StrictModel):
     max_retry_wait_sec: float = Field(default=60.0, ge=0)
     """Ceiling on any single wait, `Retry-After` included."""
     cooldown_sec: float = Field(default=30.0, ge=0)
-    """How long a failing deployment gets no new calls; its trials are re-pinned meanwhile."""
+    """How long a failing deployment gets no new calls; its trials are served elsewhere meanwhile and go back
+    to it (their home replica) once it recovers."""
     allowed_fails: int = Field(default=0, ge=0)
-    """Consecutive failed attempts a deployment may have before it is cooled down (0: at the first)."""
+    """Consecutive replica-level failures (connection refused or reset, connect timeout, 503) a deployment may
+    have before it is cooled down (0: at the first). One request's 500, 408 or 429 never counts."""
     max_body_bytes: int = Field(default=32 * 1024**2, ge=1024)
     """Largest request body accepted (413 above it); long agent conversations with images run to megabytes."""
+    max_trial_bytes_in_flight: int = Field(default=64 * 1024**2, ge=1024)
+    """Request bytes one trial may have in flight at once; a call past it gets a 429 with Retry-After."""
+    max_bytes_in_flight: int = Field(default=1024**3, ge=1024)
+    """Request bytes a gateway process holds at once for all its trials; calls past it wait for room (up to
+    `slot_wait_sec`, then 503)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> LLMApiConfig:

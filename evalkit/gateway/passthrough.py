@@ -1,27 +1,28 @@
-"""The fast path: the upstream speaks the client's protocol, so the body is forwarded on a pooled connection.
+"""The fast path: the upstream speaks the client's protocol, so the agent's body goes on as its own bytes.
 
-The body is re-serialised, not forwarded byte for byte: `model` is rewritten (agents send the gateway's model
-name; the upstream knows its own), fields outside the protocol are dropped (`bodies.py`) and, for streamed
-OpenAI chat, usage is requested. No LiteLLM objects are built: this costs a fraction of a millisecond per
-call instead of LiteLLM's several, which is what lets one process drive hundreds of agents.
+Nothing is re-encoded: `bodies.spliced` joins the agent's field bytes again around a new `model` value (agents
+send the gateway's model name; the upstream knows its own), leaves out the fields the policy drops, and adds
+`stream_options` when the gateway wants usage the agent did not ask for; when none of that changes anything the
+body is forwarded as it came. The answer is relayed chunk by chunk on a pooled connection. No LiteLLM objects
+are built: this costs a fraction of a millisecond per call instead of LiteLLM's several, which is what lets one
+process drive a thousand agents.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any
 
 import aiohttp
-import orjson
 import yarl
 
 from evalkit.gateway.config import Protocol
-from evalkit.gateway.protocols import UPSTREAM_PATHS, adds_stream_usage, forwarded_headers, is_anthropic
+from evalkit.gateway.protocols import UPSTREAM_PATHS, forwarded_headers, is_anthropic
 from evalkit.gateway.routing import Deployment, Reply, retry_after_of
 
 ANTHROPIC_VERSION = "2023-06-01"
 _FORWARDED_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
+STREAM_USAGE = b',"stream_options":{"include_usage":true}'
 
 
 def upstream_headers(deployment: Deployment, protocol: Protocol, client_headers: Mapping[str, str]) -> dict[str, str]:
@@ -38,41 +39,59 @@ def upstream_headers(deployment: Deployment, protocol: Protocol, client_headers:
 
 
 @functools.cache
-def _url(root: str, protocol: Protocol) -> yarl.URL:
+def upstream_url(root: str, protocol: Protocol) -> yarl.URL:
     """Parsed once per deployment and protocol: URL parsing is a visible share of a forwarded call's CPU."""
     return yarl.URL(root + UPSTREAM_PATHS[protocol])
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    deployment: Deployment,
+    protocol: Protocol,
+    payload: bytes,
+    stream: bool,
+    headers: Mapping[str, str],
+    idle_timeout: float,
+) -> tuple[aiohttp.ClientResponse, Reply]:
+    """One attempt's request; for a 200 stream, the Reply holds the first chunk (the first-byte limit, which the
+    pool applies around the attempt, covers it) and switches the connection to the idle limit once relaying."""
+    response = await session.post(upstream_url(deployment.api_root, protocol), data=payload, headers=headers)  # type: ignore[arg-type]
+    content_type = response.headers.get("Content-Type", "application/json")
+    forwarded = forwarded_headers(response.headers)
+    if stream and response.status == 200:
+        try:
+            first = await response.content.readany()
+        except BaseException:
+            response.close()
+            raise
+
+        def idle() -> None:
+            if (connection := response.connection) is not None and connection.protocol is not None:
+                connection.protocol.read_timeout = idle_timeout  # aiohttp re-arms it on every read from the socket
+                connection.protocol.start_timeout()
+
+        async def close() -> None:
+            response.close()  # a no-op once the stream was read to its end and the connection went back
+
+        reply = Reply(200, first, content_type, response.content.readany, close, headers=forwarded, idle_timeout=idle)
+        return response, reply
+    try:
+        data = await response.read()
+    finally:
+        response.release()
+    return response, Reply(response.status, data, content_type, retry_after=retry_after_of(forwarded), headers=forwarded)
 
 
 async def forward(
     session: aiohttp.ClientSession,
     deployment: Deployment,
     protocol: Protocol,
-    body: dict[str, Any],
+    payload: bytes,
     stream: bool,
     client_headers: Mapping[str, str],
+    idle_timeout: float,
 ) -> Reply:
-    """One attempt; `body` holds only the fields this deployment may receive."""
-    payload = {**body, "model": deployment.config.upstream_model}
-    withhold_usage = adds_stream_usage(protocol, body, stream, deployment.config.stream_usage)
-    if withhold_usage:
-        payload["stream_options"] = {"include_usage": True}
-    response = await session.post(
-        _url(deployment.api_root, protocol),  # type: ignore[arg-type]
-        data=orjson.dumps(payload),
-        headers=upstream_headers(deployment, protocol, client_headers),
-    )
-    content_type = response.headers.get("Content-Type", "application/json")
-    headers = forwarded_headers(response.headers)
-    if stream and response.status == 200:
-
-        async def close() -> None:
-            response.close()  # a no-op once the stream was read to its end and the connection went back
-
-        return Reply(
-            200, b"", content_type, response.content.readany, close, headers=headers, withhold_usage=withhold_usage
-        )
-    try:
-        data = await response.read()
-    finally:
-        response.release()
-    return Reply(response.status, data, content_type, retry_after=retry_after_of(headers), headers=headers)
+    """One pass-through attempt; `payload` is the body for this deployment (`bodies.spliced`)."""
+    headers = upstream_headers(deployment, protocol, client_headers)
+    _, reply = await post(session, deployment, protocol, payload, stream, headers, idle_timeout)
+    return reply

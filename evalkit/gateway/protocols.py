@@ -177,13 +177,17 @@ class UsageWithholder:
         return data
 
 
-def stream_finished(protocol: Protocol, sent: bytes, response: Any) -> bool:
-    """Whether the agent got its protocol's end of stream (`[DONE]`, `message_stop`, a final Responses status):
+_RESPONSES_ENDS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+
+
+def stream_finished(protocol: Protocol, sent: bytes) -> bool:
+    """Whether the agent got its protocol's end of stream (`[DONE]`, `message_stop`, a final Responses event):
     a hang-up after it, which SDKs do at once, ends a delivered call, not a broken one."""
     if protocol == "openai_chat":
         return b"[DONE]" in sent[-64:]
     if protocol == "openai_responses":
-        return isinstance(response, dict) and response.get("status") in ("completed", "incomplete", "failed")
+        last = sent.rfind(b"\n\n", 0, len(sent.rstrip()))  # the last event starts after this
+        return any(end in sent[last : last + 256] for end in _RESPONSES_ENDS)
     return b"message_stop" in sent[-128:]
 
 
@@ -193,7 +197,7 @@ def sse_data(stream: bytes) -> list[Any]:
     if b"\r" in stream:
         stream = stream.replace(b"\r\n", b"\n")
     for event in stream.split(b"\n\n"):
-        data = _event_data(event)
+        data = event_data(event)
         if data and data != b"[DONE]":
             try:
                 payloads.append(orjson.loads(data))
@@ -202,11 +206,49 @@ def sse_data(stream: bytes) -> list[Any]:
     return payloads
 
 
-def _event_data(event: bytes) -> bytes:
+def event_data(event: bytes) -> bytes:
+    """The `data:` of one SSE event (its lines joined), b"" when it has none."""
     start = event.find(b"data: ")
     if start != -1 and (start == 0 or event[start - 1] == 10) and event.find(b"\n", start) == -1:
         return event[start + 6 :]  # the usual shape: one data line, after an optional `event:` line
     return b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
+
+
+def stream_summary(protocol: Protocol, stream: bytes) -> tuple[Usage | None, str | None]:
+    """Token usage and the upstream's error message (if it sent an error event) of a relayed stream, read from
+    only the events that carry them: cheap enough for the event loop, where usage must be counted before the
+    trajectory line is written; the full reassembly is left to the writer thread."""
+    usage_events, error = [], None
+    if b"\r" in stream:
+        stream = stream.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    for event in stream.split(b"\n\n") if b'"usage"' in stream or b'"error"' in stream else ():
+        if b'"usage"' not in event and b'"error"' not in event:
+            continue
+        data = event_data(event)
+        try:
+            payload = orjson.loads(data) if data and data != b"[DONE]" else None
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(payload, dict):
+            continue
+        if isinstance(payload.get("error"), dict | str):
+            detail = payload["error"]
+            error = detail.get("message") if isinstance(detail, dict) else detail
+            error = error if isinstance(error, str) and error else "upstream error"
+        else:
+            usage_events.append(payload)
+    if not usage_events:
+        return None, error
+    try:
+        if protocol == "openai_chat":
+            whole = _chat_completion(usage_events)
+        elif protocol == "openai_responses":
+            whole = _response(usage_events)
+        else:
+            whole = _message(usage_events)
+    except (LookupError, TypeError, AttributeError):
+        whole = None
+    return usage_of(whole), error
 
 
 def reassemble(protocol: Protocol, stream: bytes) -> Any:

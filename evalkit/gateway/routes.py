@@ -1,7 +1,8 @@
 """Per-trial Unix-socket routes: the way into the gateway from a container on network `none`.
 
 Each open trial gets a socket of its own, `<base>/<gateway>/<trial>/gateway.sock`, served by the gateway
-in its own event loop. The engine bind-mounts the trial's directory (not the socket file, which a restart
+process that owns the trial. `<gateway>` is `<pid>-<random>`, the pid of the process that runs the gateway
+(the job's): a directory whose pid is gone (a job killed with SIGKILL) is removed when the next gateway starts. The engine bind-mounts the trial's directory (not the socket file, which a restart
 would replace) read-only at `CONTAINER_DIR`; the container can connect but neither delete nor replace it.
 A request arriving on a trial's socket is that trial's: anything but that trial's key gets a 401, so one
 trial cannot speak as another even with a key it learned. Closing the trial stops the listener, closes its
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -46,11 +48,13 @@ CLOSE_GRACE_SEC = 0.5
 _TRIAL_TAIL = len("/0123456789ab/" + SOCKET_NAME)
 """What follows a gateway's route directory in a socket path."""
 
+_GATEWAY_DIR = re.compile(r"^(\d+)-[0-9a-f]{8}$")
+
 
 def base_dir() -> Path:
     """`$XDG_RUNTIME_DIR/evalkit` if that is short enough for socket paths, else `/tmp/evalkit-<uid>`."""
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    short = len(runtime) + len("/evalkit/0123456789ab") + _TRIAL_TAIL <= MAX_SOCKET_PATH
+    short = len(runtime) + len("/evalkit/4194304-01234567") + _TRIAL_TAIL <= MAX_SOCKET_PATH
     if runtime.startswith("/") and short and os.path.isdir(runtime):
         return Path(runtime) / "evalkit"
     return Path(f"/tmp/evalkit-{os.getuid()}")
@@ -84,7 +88,7 @@ class RouteDirs:
         """Blocking: call it in a thread."""
         base = base or base_dir()
         _private_dir(base)
-        root = base / secrets.token_hex(6)
+        root = base / f"{os.getpid()}-{secrets.token_hex(4)}"
         os.mkdir(root, 0o700)
         if len(str(root)) + _TRIAL_TAIL > MAX_SOCKET_PATH:
             os.rmdir(root)
@@ -112,6 +116,36 @@ class RouteDirs:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def sweep_stale(base: Path | None = None) -> list[Path]:
+    """Remove the route directories of gateways whose process is gone (blocking). Only `<pid>-<random>`
+    directories owned by this user whose pid no longer runs are touched; returns what was removed."""
+    base = base or base_dir()
+    removed = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _GATEWAY_DIR.match(entry.name)
+        if match is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        if entry.stat(follow_symlinks=False).st_uid != os.getuid() or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process has that pid now: leave the directory alone
+    return True
 
 
 class TrialRoute:

@@ -1,4 +1,5 @@
-"""The HTTP front: authenticate the trial key, validate, route, relay the answer, and record the call.
+"""The HTTP front (in a gateway process): authenticate the trial key, validate, route, relay the answer, and
+record the call.
 
 It runs on aiohttp's low-level server (one dict lookup per request instead of a router and middlewares), with
 handler cancellation on: an agent that hangs up also aborts its upstream request, which frees the vLLM slot.
@@ -13,28 +14,31 @@ import contextlib
 import hmac
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
+from types import ModuleType
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from evalkit.gateway.bodies import filtered, refused_field
+from evalkit.gateway.bodies import BodyError, RawFields, filtered, parse, refused_field, spliced, value_of
 from evalkit.gateway.config import LLMApiConfig, Protocol
-from evalkit.gateway.passthrough import forward
+from evalkit.gateway.logfile import LineWriter, LogFile
+from evalkit.gateway.passthrough import STREAM_USAGE, forward
 from evalkit.gateway.protocols import (
     Usage,
     UsageWithholder,
+    adds_stream_usage,
     error_body,
     error_event,
-    reassemble,
     stream_finished,
+    stream_summary,
     usage_of,
 )
-from evalkit.gateway.routing import Deployment, DeploymentPool, Reply, UpstreamUnavailable
-from evalkit.gateway.trajectory import Call, LineWriter, LogFile, json_fragment, raw_text, redact
+from evalkit.gateway.records import Call, json_fragment, raw_text, redact
+from evalkit.gateway.routing import Deployment, DeploymentPool, NoSlot, Reply, UpstreamUnavailable
 from evalkit.gateway.translate import translate
 from evalkit.gateway.trials import Trial
 
@@ -45,6 +49,54 @@ _RETRY_AFTER_STATUSES = (429, 502, 503, 504)
 
 class BodyTooLarge(Exception):
     pass
+
+
+class ByteBudget:
+    """Request bytes held by calls in flight, against a limit; a call waits (bounded) for room."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._freed = asyncio.Event()
+
+    async def take(self, n: int, timeout: float) -> bool:
+        """Reserve `n` bytes, waiting up to `timeout` s for others to give theirs back; False if there was no room."""
+        if self.used + n <= self.limit or self.used == 0:  # one body alone always fits
+            self.used += n
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.used + n > self.limit and self.used:
+            self._freed.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._freed.wait()
+            except TimeoutError:
+                return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
+
+
+class _Body:
+    """One request's body while its call runs: the agent's bytes, their top-level fields, and (translated path
+    only) the parsed object, dropped as soon as no further attempt can need it."""
+
+    __slots__ = ("raw", "fields", "_parsed")
+
+    def __init__(self, raw: bytes, fields: RawFields) -> None:
+        self.raw, self.fields = raw, fields
+        self._parsed: dict[str, Any] | None = None
+
+    def parsed(self) -> dict[str, Any]:
+        if self._parsed is None:
+            self._parsed = orjson.loads(self.raw)
+        return self._parsed
+
+    def release(self) -> None:
+        self._parsed = None
 
 
 async def read_body(request: web.BaseRequest, limit: int) -> bytes:
@@ -92,10 +144,13 @@ class Front:
         writer: LineWriter,
         secrets: list[str],
         admin_key: str,
+        litellm: Callable[[], Awaitable[ModuleType]],
     ) -> None:
         self._config, self._pool, self._session = config, pool, session
         self._trials, self._closed_keys, self._writer, self._secrets = trials, closed_keys, writer, secrets
         self._admin_key = admin_key
+        self._litellm = litellm
+        self._bytes = ByteBudget(config.max_bytes_in_flight)
         self.rejected: LogFile | None = None
         """`rejected.jsonl`, set once the gateway opened it."""
         self.stopping = False
@@ -219,30 +274,51 @@ class Front:
     async def _serve(
         self, request: web.BaseRequest, trial: Trial, call: Call, protocol: Protocol
     ) -> web.StreamResponse:
+        cfg = self._config
+        declared = request.content_length
+        if declared is not None and declared > cfg.max_body_bytes:
+            return self._error(call, protocol, 413, f"request body of {declared} bytes exceeds the limit of {cfg.max_body_bytes}")
+        held = declared or cfg.max_body_bytes  # a body of unknown length may be as large as the limit
+        if trial.bytes_in_flight and trial.bytes_in_flight + held > cfg.max_trial_bytes_in_flight:
+            message = f"this trial already has {trial.bytes_in_flight} bytes of requests in flight (limit {cfg.max_trial_bytes_in_flight})"
+            return self._error(call, protocol, 429, message, retry_after=1)
+        if not await self._bytes.take(held, cfg.slot_wait_sec):
+            return self._error(call, protocol, 503, "the gateway is holding too many request bytes; retry", retry_after=1)
+        trial.bytes_in_flight += held
         try:
-            raw = await read_body(request, self._config.max_body_bytes)
-        except BodyTooLarge as exc:
-            return self._error(call, protocol, 413, str(exc))
+            try:
+                raw = await read_body(request, cfg.max_body_bytes)
+            except BodyTooLarge as exc:
+                return self._error(call, protocol, 413, str(exc))
+            self._bytes.give(held - len(raw))  # hold what the body really is
+            trial.bytes_in_flight -= held - len(raw)
+            held = len(raw)
+            return await self._forward(request, trial, call, protocol, raw)
+        finally:
+            self._bytes.give(held)
+            trial.bytes_in_flight -= held
+
+    async def _forward(
+        self, request: web.BaseRequest, trial: Trial, call: Call, protocol: Protocol, raw: bytes
+    ) -> web.StreamResponse:
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            fields = parse(raw)
+        except BodyError as exc:
             call.request_raw = raw_text(raw)
-            return self._error(call, protocol, 400, f"request body is not valid JSON: {exc}")
-        if not isinstance(body, dict):
-            call.request_raw = raw_text(raw)
-            return self._error(call, protocol, 400, "request body must be a JSON object")
-        call.request = json_fragment(raw)
-        stream = body.get("stream", False)
+            return self._error(call, protocol, 400, str(exc))
+        call.request_fields = fields
+        stream = value_of(fields["stream"]) if "stream" in fields else False
         if not isinstance(stream, bool):
             return self._error(call, protocol, 400, "`stream` must be true or false")
-        call.stream = stream
-        model = body.get("model")
+        call.streamed = stream
+        model = value_of(fields["model"]) if "model" in fields else None
         if not model:
             return self._error(call, protocol, 400, "missing `model`")
         if model != self._config.model:
             return self._error(call, protocol, 404, f"model {model!r} is not served here; use {self._config.model!r}")
-        if refused := refused_field(protocol, body):
+        if refused := refused_field(protocol, fields):
             return self._error(call, protocol, 400, refused)
+        body = _Body(raw, fields)
         attempt = partial(self._attempt, call, protocol, body, stream, request.headers)
         try:
             reply = await self._pool.call(trial.api_key, attempt, call.attempts)
@@ -250,6 +326,10 @@ class Front:
             status, message = (504, "upstream timed out") if exc.timed_out else (502, "upstream unavailable")
             detail = message if exc.timed_out else f"{message}: {exc}"
             return self._error(call, protocol, status, message, exc.retry_after, detail=detail)
+        except NoSlot as exc:
+            return self._error(call, protocol, 503, f"every deployment is at its in-flight cap: {exc}", 1.0)
+        finally:
+            body.release()
         assert reply.deployment is not None
         call.route, call.deployment = reply.route, reply.deployment.label
         try:
@@ -267,16 +347,27 @@ class Front:
         self,
         call: Call,
         protocol: Protocol,
-        body: dict[str, Any],
+        body: _Body,
         stream: bool,
         headers: Mapping[str, str],
         deployment: Deployment,
     ) -> Reply:
-        payload, dropped = filtered(body, deployment.fields[protocol])
-        call.dropped = dropped or None
+        cfg, allowed = self._config, deployment.fields[protocol]
         if protocol in deployment.native:
-            return await forward(self._session, deployment, protocol, payload, stream, headers)
-        return await translate(deployment, protocol, payload, stream, self._config.timeout_sec, self._secrets)
+            withhold = adds_stream_usage(protocol, body.fields, stream, deployment.config.stream_usage)
+            payload, dropped = spliced(
+                body.raw, body.fields, allowed, deployment.upstream_model_json, STREAM_USAGE if withhold else b""
+            )
+            call.dropped = dropped or None
+            reply = await forward(self._session, deployment, protocol, payload, stream, headers, cfg.idle_timeout_sec)
+            reply.withhold_usage = withhold and reply.read is not None
+            return reply
+        payload_obj, dropped = filtered(body.parsed(), allowed)
+        call.dropped = dropped or None
+        timeouts = (cfg.timeout_sec, cfg.idle_timeout_sec)
+        return await translate(
+            self._session, deployment, protocol, payload_obj, stream, cfg.model, timeouts, self._secrets, self._litellm
+        )
 
     def _error(
         self,
@@ -318,7 +409,8 @@ class Front:
     async def _relay(
         self, request: web.BaseRequest, call: Call, reply: Reply, protocol: Protocol
     ) -> web.StreamResponse:
-        """Forward a stream chunk by chunk as it arrives; keep the bytes to reassemble once it ends."""
+        """Forward a stream chunk by chunk as it arrives; keep the bytes for the record (reassembled when the
+        line is written, in the writer thread). Between reads the idle limit applies."""
         assert reply.read is not None
         response = web.StreamResponse(
             status=reply.status,
@@ -326,11 +418,14 @@ class Front:
         )
         call.status = reply.status
         await response.prepare(request)
+        if reply.idle_timeout is not None:
+            reply.idle_timeout()
         sent: list[bytes] = []
+        call.sent = sent
         withholder = UsageWithholder() if reply.withhold_usage else None
         append, read, write = sent.append, reply.read, response.write
         try:
-            async with asyncio.timeout_at(reply.deadline):
+            async with asyncio.timeout(self._config.max_stream_sec):
                 first = reply.body
                 while chunk := first or await read():
                     first = b""
@@ -360,17 +455,13 @@ class Front:
                     await response.write_eof()
         finally:
             data = b"".join(sent)
-            call.response = reassemble(protocol, data)
-            if call.response is None and data:
-                call.response_raw = raw_text(data)
-            if stream_finished(protocol, data, call.response):  # what broke after the end broke nothing
+            if stream_finished(protocol, data):  # what broke after the end broke nothing
                 call.delivered, call.error = True, None
-            usage = usage_of(call.response)
-            if usage is None and withholder is not None and withholder.withheld:
-                usage = usage_of(reassemble(protocol, b"".join(withholder.withheld)))
+            withheld = b"".join(withholder.withheld) if withholder is not None else b""
+            usage, error = stream_summary(protocol, data + withheld if withheld else data)
             self._account(call, reply, usage)
-            if isinstance(call.response, dict) and isinstance(call.response.get("error"), dict):
-                call.error = call.error or _message_of(call.response, reply.status)
+            if error is not None:
+                call.error = call.error or error
         return response
 
     @staticmethod

@@ -1,314 +1,187 @@
-"""`<try>/agent/litellm-trajectory.jsonl`: one line per model call, written when the call ends.
+"""The trajectory format (`<try>/agent/litellm-trajectory.jsonl`) and its one reader, `read_trajectory`.
 
-The file is the record of what an untrusted agent did, so the gateway never writes through a path anything
-else can redirect: the directory is opened with `O_DIRECTORY|O_NOFOLLOW` (a symlinked `agent/` is refused),
-the file is created inside it with `O_CREAT|O_EXCL|O_NOFOLLOW` (a planted file or symlink is refused), and
-both descriptors are kept for the trial's life. After each line the writer checks that the name still leads
-to its file: a deleted file is recreated from the open descriptor (no line vanishes), a replaced one is
-reported. Writes happen in one thread per gateway fed by a bounded queue, never on the event loop; a write
-error is logged once, marked on the trial (`ModelUsage.trajectory_error`) and never reaches the agent.
-Bodies that were already valid JSON bytes are embedded as they are (`orjson.Fragment`), not re-serialised.
+One JSON line per model call, written when the call ends. Since `v` 2 a line does not repeat what the same
+trial's earlier request already holds: an agent resends its whole conversation on every call, so storing each
+request whole made the file grow with the square of the conversation (tens of MB per trial at 200k-token
+contexts). A line whose request shares a prefix of `messages` (or whole fields such as `tools` and `system`)
+with an earlier line of the file carries
+
+    "request_delta": {"base": <seq of that earlier call>, "keep": <leading messages taken from it>,
+                      "same": [<request fields taken from it whole>]}
+
+and its `request.messages` holds only the messages after the first `keep`. The base line always comes earlier
+in the file than the line that refers to it. `read_trajectory` undoes this and yields every call whole, as a
+`v` 1 line was; it reads `v` 1 files unchanged. It is what analysis, export, the dashboard and the load-test
+replay use: nothing else should parse these files.
+
+This module imports nothing of the gateway's server side, so readers stay cheap to import.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import errno
-import logging
 import os
-import queue
 import stat
-import threading
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
-from evalkit.errors import InfrastructureError
-from evalkit.gateway.protocols import Usage
+SCHEMA_VERSION = 2
+"""`v` of every line written now: 2 added `request_delta`. Lines of `v` 1 hold every request whole."""
 
-log = logging.getLogger("evalkit.gateway")
+RECENT_BASES = 4
+"""Earlier requests of a trial a new one is compared with: an agent with subagents alternates conversations."""
 
-SCHEMA_VERSION = 1
-"""`v` of every line; bumped when a field changes meaning."""
+SHARED_FIELD_MIN_BYTES = 256
+"""A request field shorter than this is written again rather than referred to (it costs less than the reference)."""
 
-RAW_TEXT_LIMIT = 64 * 1024
-"""How much of a body that is not JSON is kept (as text) for the record."""
-
-QUEUE_LINES = 256
-"""Lines waiting for the writer thread before new calls wait for room (calls in flight always get theirs)."""
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 
 
-def json_fragment(raw: bytes) -> orjson.Fragment:
-    """Embed bytes already known to be valid JSON; newlines can only be whitespace there, so they go."""
-    if b"\n" in raw or b"\r" in raw:
-        raw = raw.replace(b"\r", b" ").replace(b"\n", b" ")
-    return orjson.Fragment(raw)
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """Exception texts may quote keys or upstream addresses; neither may reach agents or files."""
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-def raw_text(raw: bytes) -> str:
-    return raw[:RAW_TEXT_LIMIT].decode("utf-8", "replace")
+# ------------------------------------------------------------------------------------------------ writing
 
 
 @dataclass(slots=True)
-class Call:
-    """One line of the trajectory, filled in as the call proceeds (and not touched once submitted)."""
-
-    trial_id: str
+class _Base:
     seq: int
-    endpoint: str
-    protocol: str
-    start: float = field(default_factory=time.time)
-    stream: bool = False
-    route: str | None = None
-    """`passthrough` (bytes forwarded), `translated` (through LiteLLM) or `local` (answered by the gateway)."""
-    deployment: str | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    status: int | None = None
-    error: str | None = None
-    request: Any = None
-    request_raw: str | None = None
-    """The request as text when it was not a JSON object (bad input)."""
-    dropped: list[str] | None = None
-    """Body fields outside the protocol that were not passed on (see `fields.py`)."""
-    response: Any = None
-    """What the agent received; a streamed answer is reassembled into the equivalent single object."""
-    response_raw: str | None = None
-    usage: Usage | None = None
-    cost_usd: float | None = None
-    first_byte: float | None = None
-    end: float | None = None
-    delivered: bool = False
-    """The agent got the whole streamed answer; what ends the exchange after that (a hang-up, the trial's
-    close) is no error. Not part of the line."""
-
-    def line(self) -> dict[str, Any]:
-        return {
-            "v": SCHEMA_VERSION,
-            "trial_id": self.trial_id,
-            "seq": self.seq,
-            "endpoint": self.endpoint,
-            "protocol": self.protocol,
-            "stream": self.stream,
-            "route": self.route,
-            "deployment": self.deployment,
-            "status": self.status,
-            "error": self.error,
-            "attempts": self.attempts,
-            "usage": self.usage.as_dict() if self.usage else None,
-            "cost_usd": self.cost_usd,
-            "timing": {"start": self.start, "first_byte": self.first_byte, "end": self.end},
-            "request": self.request,
-            **({"request_raw": self.request_raw} if self.request_raw is not None else {}),
-            **({"dropped": self.dropped} if self.dropped else {}),
-            "response": self.response,
-            **({"response_raw": self.response_raw} if self.response_raw is not None else {}),
-        }
+    messages: list[tuple[int, int]]
+    """(length, hash) of each message's bytes."""
+    fields: dict[str, tuple[int, int]]
 
 
-# ------------------------------------------------------------------------------------------------ files
+def _signature(raw: bytes | memoryview | msgspec.Raw) -> tuple[int, int]:
+    data = bytes(raw)
+    return len(data), hash(data)
 
 
-class LogFile:
-    """A JSON-lines file opened safely; once open, only the writer thread touches it."""
+@dataclass(slots=True)
+class RequestHistory:
+    """What the writer remembers of one trial's recent requests (signatures only, never their bytes)."""
 
-    def __init__(self, path: Path, dir_fd: int, fd: int) -> None:
-        self.path = path
-        self._dir_fd, self._fd = dir_fd, fd
-        self._size = os.fstat(fd).st_size
-        self._stopped = False
-        self.error: str | None = None
-        """The first thing that went wrong with this file (logged once); None while all is well."""
-        self.lost = 0
-        """Lines not written after a failure."""
+    bases: list[_Base] = field(default_factory=list)
 
-    def write(self, data: bytes) -> None:
-        if self._stopped:
-            self.lost += 1
-            return
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-            self._size += len(data)
-        except OSError as exc:
-            self.lost += 1
-            self.fail(f"cannot write {self.path}: {exc.strerror}")
-            try:  # keep the file to whole lines: cut a partly written one
-                os.ftruncate(self._fd, self._size)
-            except OSError:
-                pass
-            return
-        self._check_name()
-
-    def _check_name(self) -> None:
-        """The name must still lead to this file; a deleted one is recreated with every line so far."""
-        try:
-            named = os.stat(self.path.name, dir_fd=self._dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            named = None
-        except OSError as exc:
-            self.fail(f"cannot check {self.path}: {exc.strerror}")
-            return
-        mine = os.fstat(self._fd)
-        if named is not None and (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
-            return
-        if named is not None:
-            self.lost += 1  # the line just written went to the file that is no longer there
-            self.fail(f"{self.path} was replaced by another file during the trial; later lines are lost")
-            return
-        try:
-            fd = _create(self.path.name, self._dir_fd, exclusive=True)
-        except OSError as exc:
-            self.fail(f"{self.path} was deleted during the trial and cannot be recreated: {exc.strerror}")
-            return
-        try:
-            copied = 0
-            while copied < self._size and (block := os.pread(self._fd, min(1 << 20, self._size - copied), copied)):
-                copied += len(block)
-                while block:
-                    block = block[os.write(fd, block) :]
-        except OSError as exc:
-            os.close(fd)
-            self.fail(f"{self.path} was deleted during the trial and cannot be restored: {exc.strerror}")
-            return
-        os.close(self._fd)
-        self._fd = fd
-        self._report(f"{self.path} was deleted during the trial; it was recreated with every line")
-
-    def fail(self, message: str) -> None:
-        """Stop writing this file; the first problem is what the trial reports."""
-        self._report(message)
-        self._stopped = True
-
-    def _report(self, message: str) -> None:
-        if self.error is None:
-            log.warning("trajectory: %s", message)
-            self.error = message
-
-    def close(self) -> None:
-        self._stopped = True  # a line submitted after this would otherwise go to whatever reuses the fd
-        os.close(self._fd)
-        os.close(self._dir_fd)
-        if self.error is not None and self.lost:
-            self.error += f" ({self.lost} line(s) not written)"
-
-    def discard(self) -> None:
-        """Close and remove a file that was opened but never used (a trial that failed to open)."""
-        try:
-            os.unlink(self.path.name, dir_fd=self._dir_fd)
-        except OSError:
-            pass
-        self.close()
-
-
-def _create(name: str, dir_fd: int, *, exclusive: bool) -> int:
-    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND  # readable: a deleted file is restored from it
-    flags |= os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    fd = os.open(name, flags | (os.O_EXCL if exclusive else 0), 0o644, dir_fd=dir_fd)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # O_NONBLOCK: a FIFO planted here must not hang the open
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file")
-    os.set_blocking(fd, True)
-    return fd
-
-
-def open_log(path: Path, *, exclusive: bool = True) -> LogFile:
-    """Open `path` for appending without following anything (blocking: call it in a thread).
-
-    The directories above `path`'s parent are trusted (the engine made them); `path`'s parent is created
-    if missing and must be a real directory; `exclusive` refuses any file already at `path`.
-    """
-    path.parent.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.mkdir(path.parent, 0o755)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise InfrastructureError(f"cannot create {path.parent}: {exc.strerror}") from None
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        reason = "it is a symlink or not a directory" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc.strerror
-        raise InfrastructureError(f"refusing to write {path}: {path.parent}: {reason}") from None
-    try:
-        fd = _create(path.name, dir_fd, exclusive=exclusive)
-    except OSError as exc:
-        os.close(dir_fd)
-        reason = "a file or symlink is already there" if exc.errno in (errno.EEXIST, errno.ELOOP) else exc.strerror
-        raise InfrastructureError(f"refusing to write {path}: {reason}") from None
-    return LogFile(path, dir_fd, fd)
-
-
-# ----------------------------------------------------------------------------------------------- writer
-
-
-class _Close:
-    def __init__(self, file: LogFile) -> None:
-        self.file = file
-        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-
-class LineWriter:
-    """One thread that serialises and appends every line of a gateway's files, in submission order.
-
-    `submit` never blocks the loop and never drops a line; the bound is applied before a call is admitted
-    (`wait_for_room`), so the queue holds at most `QUEUE_LINES` plus one line per call in flight.
-    """
-
-    def __init__(self, bound: int = QUEUE_LINES) -> None:
-        self._queue: queue.SimpleQueue[tuple[LogFile, Any] | _Close | None] = queue.SimpleQueue()
-        self._bound = bound
-        self._submitted = 0
-        self._written = 0
-        """Advanced by the writer thread only; `_submitted - _written` is the queue's length."""
-        self._thread = threading.Thread(target=self._run, name="evalkit-gateway-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, file: LogFile, record: Any) -> None:
-        """Queue one line: a `Call` or a dict (serialised in the writer thread)."""
-        self._submitted += 1
-        self._queue.put((file, record))
-
-    async def wait_for_room(self) -> None:
-        """Return once the queue is under its bound: free at once in the usual case, polled when the disk lags."""
-        while self._submitted - self._written >= self._bound:
-            await asyncio.sleep(0.005)
-
-    async def close(self, file: LogFile) -> None:
-        """Write every line queued for `file` so far, then close it."""
-        request = _Close(file)
-        self._queue.put(request)
-        await asyncio.wrap_future(request.done)
-
-    async def stop(self) -> None:
-        self._queue.put(None)
-        await asyncio.to_thread(self._thread.join)
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if isinstance(item, _Close):
-                try:
-                    item.file.close()
-                    item.done.set_result(None)
-                except BaseException as exc:  # noqa: BLE001 - handed to the waiting coroutine
-                    item.done.set_exception(exc)
-                continue
-            file, record = item
+    def encode(self, seq: int, fields: dict[str, msgspec.Raw]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The request as a line holds it (values embedded as the agent's bytes) and its `request_delta`."""
+        messages_raw = fields.get("messages")
+        messages: list[msgspec.Raw] | None = None
+        if messages_raw is not None:
             try:
-                line = record.line() if isinstance(record, Call) else record
-                file.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE, default=str))
-            except Exception as exc:  # a line that cannot be serialised must not stop every other trial's log
-                file.fail(f"cannot serialise a line of {file.path}: {type(exc).__name__}: {exc}")
-            finally:
-                self._written += 1
+                messages = _raw_list.decode(messages_raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                messages = None  # not a list: written as it came
+        message_sigs = [_signature(m) for m in messages] if messages is not None else []
+        field_sigs = {
+            name: _signature(value)
+            for name, value in fields.items()
+            if name != "messages" and len(value) >= SHARED_FIELD_MIN_BYTES
+        }
+        best, keep = None, 0
+        for base in self.bases:
+            n = _common_prefix(base.messages, message_sigs)
+            if best is None or n > keep:
+                best, keep = base, n
+        same = [name for name, sig in field_sigs.items() if best is not None and best.fields.get(name) == sig]
+        request: dict[str, Any] = {}
+        for name, value in fields.items():
+            if name in same:
+                continue
+            if name == "messages" and messages is not None and keep:
+                request[name] = orjson.Fragment(b"[" + b",".join(_clean(m) for m in messages[keep:]) + b"]")
+            else:
+                request[name] = orjson.Fragment(_clean(value))
+        self.bases.insert(0, _Base(seq, message_sigs, field_sigs))
+        del self.bases[RECENT_BASES:]
+        if best is None or (not keep and not same):
+            return request, None
+        return request, {"base": best.seq, "keep": keep, "same": same}
+
+
+def _common_prefix(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _clean(raw: bytes | msgspec.Raw) -> bytes:
+    """JSON bytes fit for one line: a raw newline can only be whitespace between tokens there."""
+    data = bytes(raw)
+    if b"\n" in data or b"\r" in data:
+        data = data.replace(b"\r", b" ").replace(b"\n", b" ")
+    return data
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def read_trajectory(path: Path, problems: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every call of one trajectory file, whole (`request.messages` complete), in file order, streamed.
+
+    Tolerant: a line that is not a JSON object (a torn last line after a crash) is skipped and noted in
+    `problems` as `line N is not a JSON object` (plus ` (torn: no newline)` when it has no newline); a line
+    whose base is missing is yielded with the messages it holds and `"messages_incomplete": true`. A missing
+    file yields nothing; a symlink, FIFO or anything but a regular file is never opened (noted in
+    `problems`). Calls share message objects with one another: treat what is yielded as read-only.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if problems is not None:
+            reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+            problems.append(f"not read: {reason}")
+        return
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        if problems is not None:
+            problems.append("not read: not a regular file")
+        return
+    os.set_blocking(fd, True)
+    requests: dict[int, dict[str, Any]] = {}
+    with os.fdopen(fd, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                call = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                call = None
+            if not isinstance(call, dict):
+                if problems is not None:
+                    torn = "" if line.endswith(b"\n") else " (torn: no newline)"
+                    problems.append(f"line {number} is not a JSON object{torn}")
+                continue
+            request = call.get("request")
+            delta = call.pop("request_delta", None)
+            if isinstance(request, dict) and isinstance(delta, dict):
+                if not _restore(request, delta, requests):
+                    call["messages_incomplete"] = True
+                    if problems is not None:
+                        problems.append(f"line {number}: its request refers to call {delta.get('base')}, not in the file")
+            if isinstance(request, dict) and isinstance(call.get("seq"), int):
+                requests[call["seq"]] = request
+            yield call
+
+
+def _restore(request: dict[str, Any], delta: dict[str, Any], requests: dict[int, dict[str, Any]]) -> bool:
+    base = requests.get(delta.get("base"))  # type: ignore[arg-type]
+    if base is None:
+        return False
+    for name in delta.get("same") or ():
+        if name in base:
+            request[name] = base[name]
+    keep = delta.get("keep") or 0
+    if keep:
+        prefix = base.get("messages")
+        if not isinstance(prefix, list) or len(prefix) < keep:
+            return False
+        tail = request.get("messages")
+        request["messages"] = prefix[:keep] + (tail if isinstance(tail, list) else [])
+    return True

@@ -1,18 +1,23 @@
-"""The LiteLLM side: clients whose protocol the upstream does not speak, prices, and a local token count.
+"""Clients whose protocol the upstream does not speak: the in-house Anthropic → OpenAI path, LiteLLM for the rest,
+prices, and a local token count.
 
-Anthropic clients reach OpenAI-only upstreams through `litellm.anthropic.messages.acreate` (not the Router,
-whose streaming Anthropic path needs fastapi); OpenAI chat clients reach other providers through
-`litellm.acompletion`. Routing, retries and cooldowns stay in `routing.py`, so LiteLLM is called with
-`num_retries=0` for one deployment at a time.
+Anthropic clients reach OpenAI-chat upstreams (vLLM) through `anthropic_to_openai` on a pooled connection, as
+cheap as pass-through. Every other pairing goes through LiteLLM: OpenAI chat clients to other providers with
+`litellm.acompletion`, Anthropic clients to providers without OpenAI chat with
+`litellm.anthropic.messages.acreate` (not the Router, whose streaming Anthropic path needs fastapi). Routing,
+retries and cooldowns stay in `routing.py`, so LiteLLM is called with `num_retries=0` for one deployment at a
+time. LiteLLM is imported only in gateway processes that need it, in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from functools import cache
 from types import ModuleType
 from typing import Any
 
@@ -20,11 +25,13 @@ import aiohttp
 import httpx
 import orjson
 
+from evalkit.gateway import anthropic_to_openai
 from evalkit.gateway.bodies import malformed
 from evalkit.gateway.config import DeploymentConfig, Protocol
+from evalkit.gateway.passthrough import post, upstream_headers
 from evalkit.gateway.protocols import adds_stream_usage, error_body, forwarded_headers
+from evalkit.gateway.records import redact
 from evalkit.gateway.routing import Deployment, Price, Reply, retry_after_of
-from evalkit.gateway.trajectory import redact
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # else `import litellm` fetches a price map
 
@@ -51,10 +58,17 @@ def load_litellm() -> ModuleType:
     return litellm
 
 
+LOCAL_PROVIDERS = frozenset({"hosted_vllm", "custom_openai"})
+"""Providers of models LiteLLM's price map does not know (local servers): no price lookup, no LiteLLM import."""
+
+
 def price_of(config: DeploymentConfig) -> Price | None:
+    """USD per token: the config's override, else LiteLLM's price map (imports LiteLLM: call it in a thread)."""
     if config.usd_per_million_input is not None and config.usd_per_million_output is not None:
         per_input = config.usd_per_million_input / 1e6
         return Price(per_input, config.usd_per_million_output / 1e6, per_input)
+    if config.provider in LOCAL_PROVIDERS:
+        return None
     try:
         info = load_litellm().get_model_info(config.model)
     except Exception:  # not in LiteLLM's map: local and custom models
@@ -73,13 +87,37 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_jsonable)
 
 
-async def translate(
-    deployment: Deployment, protocol: Protocol, body: dict[str, Any], stream: bool, timeout: float, secrets: list[str]
-) -> Reply:
-    """One attempt on one deployment through LiteLLM; upstream errors come back as replies in the client's protocol.
+def in_house(deployment: Deployment, protocol: Protocol) -> bool:
+    """Whether this pairing is translated in-house (Anthropic client, OpenAI-chat upstream)."""
+    return protocol == "anthropic_messages" and "openai_chat" in deployment.native
 
-    `body` holds only the fields this deployment may receive. A failure to reach the upstream is raised as
-    `ConnectionError` / `TimeoutError`, as on the pass-through path, so both protocols get the same 502 / 504.
+
+def needs_litellm(deployment: Deployment) -> bool:
+    """Whether some client protocol reaches this deployment only through LiteLLM."""
+    return any(
+        p not in deployment.native and not in_house(deployment, p)
+        for p in ("openai_chat", "anthropic_messages")  # count_tokens is local, Responses a 404
+    )
+
+
+async def translate(
+    session: aiohttp.ClientSession,
+    deployment: Deployment,
+    protocol: Protocol,
+    body: dict[str, Any],
+    stream: bool,
+    model: str,
+    timeouts: tuple[float, float],
+    secrets: list[str],
+    litellm: Callable[[], Awaitable[ModuleType]],
+) -> Reply:
+    """One attempt on one deployment whose native protocols do not include the client's; upstream errors come
+    back as replies in the client's protocol.
+
+    `body` holds only the fields this deployment may receive; `model` is the name the agent asked for (answers
+    carry it); `timeouts` are (the whole attempt, the idle limit of a stream). A failure to reach the upstream
+    is raised as `ConnectionError` / `TimeoutError`, as on the pass-through path, so both protocols get the same
+    502 / 504.
     """
     if protocol == "openai_responses":
         return Reply(
@@ -89,7 +127,80 @@ async def translate(
         return Reply(400, error_body(protocol, 400, problem), route="translated")
     if protocol == "anthropic_count_tokens":
         return await _count_tokens(body)
-    litellm = load_litellm()
+    if in_house(deployment, protocol):
+        return await _anthropic_via_openai(session, deployment, body, stream, model, timeouts[1])
+    return await _through_litellm(await litellm(), deployment, protocol, body, stream, timeouts, secrets)
+
+
+async def _anthropic_via_openai(
+    session: aiohttp.ClientSession,
+    deployment: Deployment,
+    body: dict[str, Any],
+    stream: bool,
+    model: str,
+    idle_timeout: float,
+) -> Reply:
+    upstream = anthropic_to_openai.request(
+        body,
+        deployment.config.upstream_model,
+        vllm=deployment.config.provider == "hosted_vllm",
+        stream_usage=deployment.config.stream_usage,
+    )
+    headers = upstream_headers(deployment, "openai_chat", {})
+    response, reply = await post(
+        session, deployment, "openai_chat", orjson.dumps(upstream), stream, headers, idle_timeout
+    )
+    stops = body.get("stop_sequences") or []
+    reply.route = "translated"
+    if reply.status != 200:
+        try:
+            detail = orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            detail = None
+        reply.body = error_body("anthropic_messages", reply.status, _message_of(detail, reply.status))
+        reply.content_type = "application/json"
+        return reply
+    if reply.read is None:
+        try:
+            completion = orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            completion = None
+        if not isinstance(completion, dict):
+            raise ConnectionError("the upstream's answer is not a JSON object")
+        reply.body = orjson.dumps(anthropic_to_openai.message(completion, model, stops))
+        reply.content_type = "application/json"
+        return reply
+    translator = anthropic_to_openai.StreamTranslator(model, stops)
+    upstream_read = reply.read
+
+    async def read() -> bytes:
+        while chunk := await upstream_read():
+            if out := translator.feed(chunk):
+                return out
+        return translator.end()
+
+    reply.body, reply.read, reply.content_type = translator.feed(reply.body), read, "text/event-stream"
+    reply.withhold_usage = False
+    return reply
+
+
+def _message_of(obj: Any, status: int) -> str:
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    return error if isinstance(error, str) else f"upstream answered {status}"
+
+
+async def _through_litellm(
+    litellm: ModuleType,
+    deployment: Deployment,
+    protocol: Protocol,
+    body: dict[str, Any],
+    stream: bool,
+    timeouts: tuple[float, float],
+    secrets: list[str],
+) -> Reply:
+    timeout, idle_timeout = timeouts
     params = {k: v for k, v in body.items() if k not in ("model", "stream")}
     params.update(deployment.config.litellm_params)
     params.update(
@@ -133,7 +244,8 @@ async def translate(
         )
 
     async def read() -> bytes:
-        return await anext(events, b"")
+        async with asyncio.timeout(idle_timeout):
+            return await anext(events, b"")
 
     return Reply(
         200, first, "text/event-stream", read, events.aclose, withhold_usage=withhold_usage, route="translated"
@@ -176,10 +288,23 @@ async def _openai_events(stream: Any) -> AsyncIterator[bytes]:
         await stream.aclose()
 
 
-async def _count_tokens(body: dict[str, Any]) -> Reply:
-    """An estimate with LiteLLM's bundled tokenizer (no upstream has the endpoint); in a thread, as it is CPU."""
-    from litellm.litellm_core_utils.default_encoding import encoding
+@cache
+def _encoding() -> Any:
+    """cl100k_base from the tokenizer files LiteLLM ships (offline), without importing LiteLLM itself."""
+    spec = importlib.util.find_spec("litellm")
+    assert spec is not None and spec.submodule_search_locations
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.join(spec.submodule_search_locations[0], "litellm_core_utils", "tokenizers"))
+    import tiktoken
 
+    return tiktoken.get_encoding("cl100k_base")
+
+
+def _token_count(body: dict[str, Any]) -> int:
     text = orjson.dumps([body.get("system"), body.get("messages"), body.get("tools")]).decode()
-    tokens = await asyncio.to_thread(encoding.encode, text, disallowed_special=())
-    return Reply(200, orjson.dumps({"input_tokens": len(tokens)}), route="local")
+    return len(_encoding().encode(text, disallowed_special=()))
+
+
+async def _count_tokens(body: dict[str, Any]) -> Reply:
+    """An estimate with the cl100k tokenizer (no upstream has the endpoint); in a thread, as it is CPU."""
+    tokens = await asyncio.to_thread(_token_count, body)
+    return Reply(200, orjson.dumps({"input_tokens": tokens}), route="local")

@@ -1,4 +1,5 @@
-"""Per-trial keys and routes: what an agent is handed, and what the gateway keeps for each trial while it runs.
+"""Per-trial keys and routes: what an agent is handed, and what a gateway process keeps for each trial while it
+runs.
 
 A key is random and lives from `open_trial` to `close_trial`; with the trial's own Unix socket it is what ties
 a request to a trial (and its trajectory file), so an agent can neither reach the upstream's real key nor
@@ -15,7 +16,8 @@ from pydantic import BaseModel, ConfigDict
 
 from evalkit.gateway.protocols import Usage
 from evalkit.gateway.routes import CONTAINER_DIR, SOCKET_NAME, TrialRoute
-from evalkit.gateway.trajectory import Call, LineWriter, LogFile
+from evalkit.gateway.logfile import LineWriter, LogFile
+from evalkit.gateway.records import Call
 from evalkit.results import ModelUsage
 
 
@@ -57,6 +59,8 @@ class Trial:
         self.route: TrialRoute | None = None
         self.calls: set[asyncio.Task[object]] = set()
         """Request handlers in flight for this trial; cancelled when the trial closes."""
+        self.bytes_in_flight = 0
+        """Request body bytes its calls in flight hold (`max_trial_bytes_in_flight`)."""
         # Plain counters, not a ModelUsage: this runs once per call, and pydantic's setattr is not free.
         self._calls = self._errors = 0
         self._tokens = Usage()
@@ -82,12 +86,12 @@ class Trial:
             self._cost = (self._cost or 0.0) + call.cost_usd
         self._writer.submit(self.log, call)
 
-    def usage(self) -> ModelUsage:
-        """The totals; read after the log was closed, so `trajectory_error` is final."""
-        return ModelUsage(
-            n_calls=self._calls,
-            n_errors=self._errors,
+    def usage(self) -> dict[str, object]:
+        """The totals as `ModelUsage` fields; read after the log was closed, so `trajectory_error` is final."""
+        return {
+            "n_calls": self._calls,
+            "n_errors": self._errors,
             **self._tokens.as_dict(),
-            cost_usd=self._cost,
-            trajectory_error=self.log.error,
-        )
+            "cost_usd": self._cost,
+            "trajectory_error": self.log.error,
+        }

@@ -40,6 +40,12 @@ class Reply:
     """Extra response headers (request ids, rate limits)."""
     end_delay: float = 0.0
     """Seconds between the last event and the end of the response (vLLM ends its chunked body a moment later)."""
+    stall_after: int | None = None
+    """Stop sending after this many streamed events, keeping the connection open (a stuck replica)."""
+    reasoning: str = ""
+    """Streamed first as `reasoning_content` (OpenAI chat; vLLM's reasoning parsers)."""
+    cached_tokens: int = 0
+    """Prompt tokens reported as served from the prefix cache (OpenAI chat `prompt_tokens_details`)."""
 
 
 @dataclass
@@ -89,9 +95,15 @@ def _sse(data: Any, event: str | None = None) -> bytes:
 class FakeUpstream:
     """One replica. `name` appears in every answer's id so tests can tell replicas apart."""
 
-    def __init__(self, name: str = "fake", *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, name: str = "fake", *, host: str = "127.0.0.1", port: int = 0, keepalive_timeout: float = 75.0
+    ) -> None:
         self.name = name
         self.host, self.port = host, port
+        self.keepalive_timeout = keepalive_timeout
+        """How long an idle client connection is kept open (uvicorn, hence vLLM: 5 s)."""
+        self.peers: list[tuple[str, int]] = []
+        """The client address of each request, in order: a new port is a new connection."""
         self.script: list[Step] = []
         self.default: Step | Callable[[dict[str, Any]], Step] = Reply()
         """What to do once `script` is empty; a function of the request body for load tests."""
@@ -119,7 +131,9 @@ class FakeUpstream:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/responses", self._responses)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.1)
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.1, keepalive_timeout=self.keepalive_timeout
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=1024)
         await site.start()
@@ -156,6 +170,7 @@ class FakeUpstream:
         body = orjson.loads(await request.read())
         if self.record:
             self.received.append(Received(request.path, body, dict(request.headers)))
+            self.peers.append(request.transport.get_extra_info("peername")[:2])  # type: ignore[union-attr]
         step = self.script.pop(0) if self.script else self.default
         if callable(step):
             step = step(body)
@@ -186,6 +201,8 @@ class FakeUpstream:
         resp = web.StreamResponse(headers=headers)
         await resp.prepare(request)
         for i, event in enumerate(events):
+            if reply.stall_after is not None and i == reply.stall_after:
+                await asyncio.sleep(3600)
             if isinstance(step, Disconnect) and i == step.after_chunks:
                 request.transport.close()  # type: ignore[union-attr]
                 return resp
@@ -220,7 +237,9 @@ class FakeUpstream:
         cid, model, created = f"chatcmpl-{self.name}-{n}", body.get("model", ""), 1700000000 + n
         prompt = _tokens(body.get("messages"))
         completion = _tokens(reply.text) + sum(_tokens(c) for c in reply.tool_calls)
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        if reply.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": reply.cached_tokens}
         calls = [
             {
                 "id": f"call_{n}_{i}",
@@ -232,6 +251,8 @@ class FakeUpstream:
         finish = "tool_calls" if calls else "stop"
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+            if reply.reasoning:
+                message["reasoning_content"] = reply.reasoning
             if calls:
                 message["tool_calls"] = calls
             return self._json(
@@ -258,6 +279,7 @@ class FakeUpstream:
             )
 
         events = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({"reasoning_content": piece}) for piece in _pieces(reply.reasoning, 2) if reply.reasoning]
         events += [chunk({"content": piece}) for piece in _pieces(reply.text, reply.chunks) if reply.text]
         for i, call in enumerate(calls):
             head = {

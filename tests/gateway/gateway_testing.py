@@ -8,10 +8,9 @@ from typing import Any
 import aiohttp
 import anthropic
 import openai
-import orjson
 from fake_upstream import FakeUpstream
 
-from evalkit.gateway import Gateway, LLMApiConfig, TrialAccess
+from evalkit.gateway import Gateway, LLMApiConfig, TrialAccess, trajectory
 
 MODEL = "smollm2"
 
@@ -30,8 +29,11 @@ def anthropic_config(upstream: FakeUpstream, **settings: Any) -> LLMApiConfig:
 
 
 def read_trajectory(path: Path) -> list[dict[str, Any]]:
-    """Every line must be one complete JSON object."""
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    """Every call, whole, through the public reader; every line must be one complete JSON object."""
+    problems: list[str] = []
+    calls = list(trajectory.read_trajectory(path, problems))
+    assert problems == [] and len(calls) == len(path.read_bytes().splitlines())
+    return calls
 
 
 async def admin_health(gw: Gateway) -> dict[str, Any]:

@@ -83,7 +83,7 @@ async def test_health_shows_no_map_without_the_admin_key(upstream, keyed_config,
     assert str(upstream.port) not in bare[1] + trial[1] and gw.admin_key not in access.model_dump_json()
     assert admin["deployments"] == [
         {"healthy": True, "cooldown_sec": 0.0, "name": f"hosted_vllm/{MODEL}@{upstream.url}", "in_flight": 0,
-         "pinned_trials": 0}
+         "pinned_trials": 0, "home_trials": 0}
     ]  # fmt: skip
     assert admin["open_trials"] == 1
 

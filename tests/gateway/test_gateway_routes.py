@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anthropic
 import httpx
+from aiohttp import __file__ as aiohttp_file
 import httpx2  # what this anthropic SDK is built on
 import openai
 import pytest
@@ -149,13 +150,16 @@ def test_a_route_base_someone_else_controls_is_refused(tmp_path):
         assert str(caught.value) == (
             f"refusing {base} for the model routes: it is not a directory owned by uid {os.getuid()}"
         )
-    loose = tmp_path / "loose"
-    loose.mkdir()
-    loose.chmod(0o755)
-    dirs = RouteDirs.create(loose)
-    assert stat.S_IMODE(loose.stat().st_mode) == 0o700 and dirs.root.parent == loose
-    dirs.remove()
-    assert list(loose.iterdir()) == []
+    loose = Path(tempfile.mkdtemp(prefix="ek-"))  # short: socket paths must fit in 107 bytes
+    try:
+        loose.chmod(0o755)
+        dirs = RouteDirs.create(loose)
+        assert stat.S_IMODE(loose.stat().st_mode) == 0o700 and dirs.root.parent == loose
+        assert dirs.root.name.startswith(f"{os.getpid()}-")  # the owner's pid, for the sweep of stale ones
+        dirs.remove()
+        assert list(loose.iterdir()) == []
+    finally:
+        shutil.rmtree(loose, ignore_errors=True)
 
 
 def test_a_base_too_long_for_socket_paths_is_refused(tmp_path):
@@ -190,15 +194,27 @@ asyncio.run(main())
 """
 
 
+def python_anyone_can_run() -> str:
+    """This interpreter, or the system's of the same version when this one sits where an ordinary user cannot
+    reach it (a pyenv under /root): the gateway process is a fresh interpreter started as that user."""
+    for candidate in (sys.executable, f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"):
+        path = Path(candidate).resolve()
+        if path.exists() and all(os.stat(d).st_mode & 0o001 for d in path.parents) and os.stat(path).st_mode & 0o005:
+            return candidate
+    raise AssertionError("no Python interpreter an ordinary user can run")
+
+
 async def test_routes_work_when_evalkit_is_not_root(upstream):
     upstream.default = Reply(text="as nobody")
     root = Path(tempfile.mkdtemp(prefix="evalkit-gateway-nonroot-"))
+    site_packages = str(Path(aiohttp_file).parent.parent)
     try:
         if os.getuid() == 0:
             os.chown(root, 65534, 65534)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", NON_ROOT, upstream.url, str(root), cwd=REPO,
+            python_anyone_can_run(), "-c", NON_ROOT, upstream.url, str(root), cwd=REPO,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), site_packages])},
         )  # fmt: skip
         try:
             info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 120))

@@ -117,19 +117,33 @@ async def test_unreachable_upstream_is_502_and_timeout_is_504(serve, open_trial,
     assert read_trajectory(trajectory("t2"))[0]["error"] == "upstream timed out"
 
 
-async def test_stream_that_stalls_after_headers_is_ended_with_an_error_event(upstream, serve, open_trial, trajectory):
-    upstream.default = Reply(text="slow " * 20, chunks=20, chunk_delay=0.1)
-    async with serve(vllm_config(upstream, timeout_sec=0.5)) as gw:
+async def test_a_stream_that_stalls_ends_after_the_idle_timeout_and_a_slow_one_runs_on(
+    upstream, serve, open_trial, trajectory
+):
+    """The idle limit is between reads, not over the whole generation: a stream slower in total than every
+    limit (2 s of events 0.1 s apart; first byte within 0.5 s, idle 0.4 s) is delivered whole, and one that
+    stops sending is ended with an error event once it has been silent for the idle limit."""
+    upstream.script = [
+        Reply(text="slow " * 20, chunks=20, chunk_delay=0.1),
+        Reply(text="stuck " * 20, chunks=20, stall_after=3),
+    ]
+    async with serve(vllm_config(upstream, timeout_sec=0.5, idle_timeout_sec=0.4, max_retries=0)) as gw:
         async with openai_client(await open_trial(gw, "t1")) as client:
-            stream = await client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "t1"}], stream=True
+            slow = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "t1 slow"}], stream=True
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in slow if c.choices])
+            stuck = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "t1 stuck"}], stream=True
             )
             with pytest.raises(openai.APIError, match="timed out mid-stream"):
-                async for _ in stream:
+                async for _ in stuck:
                     pass
-    [line] = read_trajectory(trajectory("t1"))
-    assert line["status"] == 200 and line["error"] == "upstream timed out mid-stream"
-    assert line["response"]["error"]["message"] == "upstream timed out mid-stream"
+    assert text == "slow " * 20
+    slow_line, stuck_line = read_trajectory(trajectory("t1"))
+    assert slow_line["status"] == 200 and slow_line["error"] is None
+    assert stuck_line["status"] == 200 and stuck_line["error"] == "upstream timed out mid-stream"
+    assert stuck_line["response"]["error"]["message"] == "upstream timed out mid-stream"
 
 
 async def test_max_in_flight_caps_calls_per_deployment(upstream, serve, open_trial):

@@ -17,7 +17,7 @@ from fake_upstream import FakeUpstream, Reply
 from gateway_testing import MODEL, admin_health, openai_client, read_trajectory, vllm_config
 
 from evalkit.errors import InfrastructureError
-from evalkit.gateway.trajectory import LineWriter, open_log
+from evalkit.gateway.logfile import LineWriter, open_log
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,8 +112,8 @@ upstream, root = sys.argv[1], Path(sys.argv[2])
 
 async def main():
     config = LLMApiConfig(model="smollm2", deployments=[{"model": "hosted_vllm/smollm2", "api_base": upstream}])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # no file may grow past 8 KiB (the gateway inherits it)
     async with Gateway.serve(config, job_name="fsize", artifacts_dir=root / "artifacts") as gw:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # no file of this process may grow past 8 KiB
         access = await gw.open_trial("t1", root / "t1" / "agent" / "litellm-trajectory.jsonl")
         print(json.dumps({"base_url": access.base_url, "key": access.api_key}), flush=True)
         await asyncio.to_thread(sys.stdin.readline)
@@ -125,7 +125,7 @@ asyncio.run(main())
 
 
 async def test_a_write_error_is_marked_on_the_trial_and_never_reaches_the_agent(tmp_path):
-    """A real EFBIG from the kernel (RLIMIT_FSIZE in a gateway process of its own)."""
+    """A real EFBIG from the kernel (RLIMIT_FSIZE, inherited by the gateway process)."""
     async with FakeUpstream("fsize") as upstream:
         upstream.default = Reply(text="fine")
         proc = await asyncio.create_subprocess_exec(
