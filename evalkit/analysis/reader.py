@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import yaml
 
+from evalkit.gateway import trajectory as gateway_trajectory
 from evalkit.metrics import primary_reward
 
 TRAJECTORY = Path("agent") / "litellm-trajectory.jsonl"
@@ -80,26 +81,14 @@ def _short(exc: BaseException, limit: int = 160) -> str:
 
 
 def read_trajectory(path: Path, problems: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """The model calls of one trajectory file, one dict per line, streamed.
-
-    The one place that knows the file's encoding (a delta encoding may come later). Lines that are not
-    JSON objects — a torn last line after a crash — are skipped and reported in `problems`."""
-    if path.is_symlink() or not path.is_file():
-        return
-    with path.open("rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                call = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                call = None
-            if not isinstance(call, dict):
-                if problems is not None:
-                    torn = "" if line.endswith(b"\n") else " (torn: no newline)"
-                    problems.append(f"{path.parent.parent.name}/{TRAJECTORY}: line {number} is not a JSON object{torn}")
-                continue
-            yield call
+    """The model calls of one trajectory file, whole, streamed: `evalkit.gateway.trajectory.read_trajectory`
+    (the one reader of the format, delta-encoded requests included), with its problems named after the try."""
+    found: list[str] = []
+    try:
+        yield from gateway_trajectory.read_trajectory(path, found)
+    finally:
+        if problems is not None:
+            problems.extend(f"{path.parent.parent.name}/{TRAJECTORY}: {problem}" for problem in found)
 
 
 _CONTEXT = re.compile(
