@@ -184,12 +184,17 @@ def _key(name: str) -> bytes:
     return key
 
 
+BIG_PART = 16 * 1024
+"""A field value at least this long is sent from the agent's bytes as it is; shorter pieces are joined."""
+
+
 def spliced(
     raw: bytes, fields: RawFields, allowed: frozenset[str], model: bytes, extra: bytes = b""
-) -> tuple[bytes, list[str]]:
+) -> tuple[bytes | list[bytes | memoryview], list[str]]:
     """The body for the upstream and the names of the fields dropped from it: the agent's bytes when nothing
-    changes, else its fields' bytes joined again (one copy), with `model` (JSON bytes) as the model's value,
-    the fields outside `allowed` and any server tools left out, and `extra` (`,"name":value` bytes) added."""
+    changes; else the pieces of a new body (sent one after the other, never joined into one copy): its fields'
+    bytes with `model` (JSON bytes) as the model's value, the fields outside `allowed` and any server tools
+    left out, and `extra` (`,"name":value` bytes) added."""
     dropped = [name for name in fields if name not in allowed]
     tools = fields.get("tools")
     servers: list[Any] = []
@@ -197,7 +202,8 @@ def spliced(
         servers = [t for t in parsed if _server_tool(t)]
     if not dropped and not servers and not extra and bytes(fields["model"]) == model:
         return raw, dropped
-    parts: list[bytes | msgspec.Raw] = []
+    parts: list[bytes | memoryview] = []
+    small: list[bytes | msgspec.Raw] = [b"{"]
     for name, value in fields.items():
         if name not in allowed:
             continue
@@ -205,10 +211,15 @@ def spliced(
             value = model  # type: ignore[assignment]
         elif name == "tools" and servers:
             value = orjson.dumps([t for t in parsed if not _server_tool(t)])  # type: ignore[assignment]
-        parts += (b",", _key(name), value)
-    parts[0] = b"{"
-    parts += (extra, b"}")
-    return b"".join(parts), dropped + [f"tools[{t.get('type')}]" for t in servers]
+        small += (b"," if len(small) > 1 or parts else b"", _key(name))
+        if len(value) >= BIG_PART:
+            parts += (b"".join(small), memoryview(value))
+            small = []
+        else:
+            small.append(value)
+    small += (extra, b"}")
+    parts.append(b"".join(small))
+    return parts, dropped + [f"tools[{t.get('type')}]" for t in servers]
 
 
 SERVER_TOOL_TYPES = re.compile(r"^(web_search|web_fetch|code_execution|mcp|file_search|code_interpreter|image_generation)")

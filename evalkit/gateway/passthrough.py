@@ -15,6 +15,8 @@ from collections.abc import Mapping
 
 import aiohttp
 import yarl
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 
 from evalkit.gateway.config import Protocol
 from evalkit.gateway.protocols import UPSTREAM_PATHS, forwarded_headers, is_anthropic
@@ -38,6 +40,24 @@ def upstream_headers(deployment: Deployment, protocol: Protocol, client_headers:
     return headers
 
 
+class PartsPayload(Payload):
+    """A body sent as the pieces `bodies.spliced` made, one write each, with its whole length declared."""
+
+    def __init__(self, parts: list[bytes | memoryview]) -> None:
+        super().__init__(parts, content_type="application/json")
+        self._size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for part in self._value:
+            await writer.write(part)
+
+    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
+        await self.write(writer)  # the declared length is the parts' own
+
+
 @functools.cache
 def upstream_url(root: str, protocol: Protocol) -> yarl.URL:
     """Parsed once per deployment and protocol: URL parsing is a visible share of a forwarded call's CPU."""
@@ -48,14 +68,14 @@ async def post(
     session: aiohttp.ClientSession,
     deployment: Deployment,
     protocol: Protocol,
-    payload: bytes,
+    payload: bytes | list[bytes | memoryview],
     stream: bool,
     headers: Mapping[str, str],
-    idle_timeout: float,
 ) -> tuple[aiohttp.ClientResponse, Reply]:
     """One attempt's request; for a 200 stream, the Reply holds the first chunk (the first-byte limit, which the
-    pool applies around the attempt, covers it) and switches the connection to the idle limit once relaying."""
-    response = await session.post(upstream_url(deployment.api_root, protocol), data=payload, headers=headers)  # type: ignore[arg-type]
+    pool applies around the attempt, covers it)."""
+    data = payload if isinstance(payload, bytes) else PartsPayload(payload)
+    response = await session.post(upstream_url(deployment.api_root, protocol), data=data, headers=headers)  # type: ignore[arg-type]
     content_type = response.headers.get("Content-Type", "application/json")
     forwarded = forwarded_headers(response.headers)
     if stream and response.status == 200:
@@ -65,15 +85,10 @@ async def post(
             response.close()
             raise
 
-        def idle() -> None:
-            if (connection := response.connection) is not None and connection.protocol is not None:
-                connection.protocol.read_timeout = idle_timeout  # aiohttp re-arms it on every read from the socket
-                connection.protocol.start_timeout()
-
         async def close() -> None:
             response.close()  # a no-op once the stream was read to its end and the connection went back
 
-        reply = Reply(200, first, content_type, response.content.readany, close, headers=forwarded, idle_timeout=idle)
+        reply = Reply(200, first, content_type, response.content.readany, close, headers=forwarded, abort=response.close)
         return response, reply
     try:
         data = await response.read()
@@ -86,12 +101,11 @@ async def forward(
     session: aiohttp.ClientSession,
     deployment: Deployment,
     protocol: Protocol,
-    payload: bytes,
+    payload: bytes | list[bytes | memoryview],
     stream: bool,
     client_headers: Mapping[str, str],
-    idle_timeout: float,
 ) -> Reply:
     """One pass-through attempt; `payload` is the body for this deployment (`bodies.spliced`)."""
     headers = upstream_headers(deployment, protocol, client_headers)
-    _, reply = await post(session, deployment, protocol, payload, stream, headers, idle_timeout)
+    _, reply = await post(session, deployment, protocol, payload, stream, headers)
     return reply

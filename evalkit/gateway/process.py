@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import socket
 import sys
@@ -31,7 +32,7 @@ from evalkit.gateway.logfile import LineWriter, open_log
 from evalkit.gateway.routes import RouteDirs, TrialRoute
 from evalkit.gateway.routing import Deployment, DeploymentPool, Price
 from evalkit.gateway.server import Front
-from evalkit.gateway.translate import load_litellm, needs_litellm
+from evalkit.gateway.translate import load_litellm
 from evalkit.gateway.trials import Trial
 
 LISTEN_BACKLOG = 1024
@@ -72,10 +73,9 @@ class GatewayProcess:
             init["admin_key"], self._litellm,
         )  # fmt: skip
         self._runner: web.ServerRunner | None = None
-        if any(needs_litellm(d) for d in deployments):
-            self._litellm_task = asyncio.ensure_future(asyncio.to_thread(load_litellm))  # seconds: start early
 
     async def _litellm(self) -> ModuleType:
+        """LiteLLM, imported (seconds of CPU, in a thread) by the first call that needs it: most gateways never do."""
         if self._litellm_task is None:
             self._litellm_task = asyncio.ensure_future(asyncio.to_thread(load_litellm))
         return await asyncio.shield(self._litellm_task)
@@ -226,6 +226,9 @@ async def _run(channel: Channel, gateway: GatewayProcess, message: dict[str, Any
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # a thousand trials hold three descriptors each (socket, file, directory) plus connections
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     fd = int(sys.argv[1])
     try:
         import uvloop

@@ -116,8 +116,9 @@ class Reply:
     """The gateway asked for a usage event the agent did not: do not forward it."""
     route: str = "passthrough"
     deployment: Deployment | None = None
-    idle_timeout: Callable[[], None] | None = None
-    """Switches the stream from the first-byte limit to the idle (between reads) limit, once relaying starts."""
+    abort: Callable[[], None] | None = None
+    """Drops the upstream connection at once (a stream silent for the idle limit); None: `read` applies the idle
+    limit itself."""
 
 
 class UpstreamUnavailable(Exception):

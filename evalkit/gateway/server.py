@@ -80,6 +80,30 @@ class ByteBudget:
         self._freed.set()
 
 
+class IdleWatch:
+    """Ends a stream silent for `timeout` s (by `abort`ing its upstream connection) for the cost of one store per
+    read: its timer is re-armed only when it fires, for the time left, never at every read."""
+
+    __slots__ = ("last", "expired", "_loop", "_timeout", "_abort", "_handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, abort: Callable[[], None]) -> None:
+        self.last = loop.time()
+        self.expired = False
+        self._loop, self._timeout, self._abort = loop, timeout, abort
+        self._handle = loop.call_at(self.last + timeout, self._check)
+
+    def _check(self) -> None:
+        due = self.last + self._timeout
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self.expired = True
+        self._abort()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 class _Body:
     """One request's body while its call runs: the agent's bytes, their top-level fields, and (translated path
     only) the parsed object, dropped as soon as no further attempt can need it."""
@@ -359,7 +383,7 @@ class Front:
                 body.raw, body.fields, allowed, deployment.upstream_model_json, STREAM_USAGE if withhold else b""
             )
             call.dropped = dropped or None
-            reply = await forward(self._session, deployment, protocol, payload, stream, headers, cfg.idle_timeout_sec)
+            reply = await forward(self._session, deployment, protocol, payload, stream, headers)
             reply.withhold_usage = withhold and reply.read is not None
             return reply
         payload_obj, dropped = filtered(body.parsed(), allowed)
@@ -418,17 +442,20 @@ class Front:
         )
         call.status = reply.status
         await response.prepare(request)
-        if reply.idle_timeout is not None:
-            reply.idle_timeout()
         sent: list[bytes] = []
         call.sent = sent
         withholder = UsageWithholder() if reply.withhold_usage else None
         append, read, write = sent.append, reply.read, response.write
+        loop = asyncio.get_running_loop()
+        now = loop.time
+        watch = IdleWatch(loop, self._config.idle_timeout_sec, reply.abort) if reply.abort is not None else None
         try:
             async with asyncio.timeout(self._config.max_stream_sec):
                 first = reply.body
                 while chunk := first or await read():
                     first = b""
+                    if watch is not None:
+                        watch.last = now()
                     if call.first_byte is None:
                         call.first_byte = time.time()
                     if withholder is not None and not (chunk := withholder.feed(chunk)):
@@ -445,7 +472,7 @@ class Front:
             else:
                 call.error = (
                     "upstream timed out mid-stream"
-                    if isinstance(exc, TimeoutError)
+                    if isinstance(exc, TimeoutError) or (watch is not None and watch.expired)
                     else redact(f"upstream broke off the stream: {type(exc).__name__}: {exc}", self._secrets)
                 )
                 event = error_event(protocol, call.error)
@@ -454,6 +481,8 @@ class Front:
                     await response.write(event)
                     await response.write_eof()
         finally:
+            if watch is not None:
+                watch.cancel()
             data = b"".join(sent)
             if stream_finished(protocol, data):  # what broke after the end broke nothing
                 call.delivered, call.error = True, None

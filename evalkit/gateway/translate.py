@@ -16,7 +16,7 @@ import gc
 import importlib.util
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -92,14 +92,6 @@ def in_house(deployment: Deployment, protocol: Protocol) -> bool:
     return protocol == "anthropic_messages" and "openai_chat" in deployment.native
 
 
-def needs_litellm(deployment: Deployment) -> bool:
-    """Whether some client protocol reaches this deployment only through LiteLLM."""
-    return any(
-        p not in deployment.native and not in_house(deployment, p)
-        for p in ("openai_chat", "anthropic_messages")  # count_tokens is local, Responses a 404
-    )
-
-
 async def translate(
     session: aiohttp.ClientSession,
     deployment: Deployment,
@@ -128,7 +120,7 @@ async def translate(
     if protocol == "anthropic_count_tokens":
         return await _count_tokens(body)
     if in_house(deployment, protocol):
-        return await _anthropic_via_openai(session, deployment, body, stream, model, timeouts[1])
+        return await _anthropic_via_openai(session, deployment, body, stream, model)
     return await _through_litellm(await litellm(), deployment, protocol, body, stream, timeouts, secrets)
 
 
@@ -138,7 +130,6 @@ async def _anthropic_via_openai(
     body: dict[str, Any],
     stream: bool,
     model: str,
-    idle_timeout: float,
 ) -> Reply:
     upstream = anthropic_to_openai.request(
         body,
@@ -147,9 +138,7 @@ async def _anthropic_via_openai(
         stream_usage=deployment.config.stream_usage,
     )
     headers = upstream_headers(deployment, "openai_chat", {})
-    response, reply = await post(
-        session, deployment, "openai_chat", orjson.dumps(upstream), stream, headers, idle_timeout
-    )
+    response, reply = await post(session, deployment, "openai_chat", orjson.dumps(upstream), stream, headers)
     stops = body.get("stop_sequences") or []
     reply.route = "translated"
     if reply.status != 200:
