@@ -24,6 +24,7 @@ from evalkit import serving
 from evalkit.config import config_from_dict
 from evalkit.errors import ConfigError, InfrastructureError
 from evalkit.gateway import Gateway, LLMApiConfig
+from evalkit.gateway.trajectory import read_trajectory
 from evalkit.serving import ServeConfig, managed_llm_api, serve_local_model, server_command
 from tests.conftest import REPO, popen_cli
 
@@ -194,20 +195,14 @@ async def test_job_llm_api_with_serve_reaches_the_model_through_the_gateway(tmp_
                 model=access.model, messages=messages, max_tokens=24, stream=True
             )
             streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-            # The gateway records a call when its handler ends, after it has relayed the upstream's end of stream.
-            # The SDK drops the connection as soon as it reads [DONE], and a close of the trial right after
-            # cancels the handler too: either can mark a fully delivered stream "client disconnected" / "trial
-            # closed" (a gateway race, reported to its owner). Wait for both records, and accept that label.
-            for _ in range(500):
-                if trajectory.exists() and len(trajectory.read_text().splitlines()) == 2:
-                    break
-                await asyncio.sleep(0.01)
+            # The SDK drops the connection as soon as it reads [DONE]: a stream delivered whole is no error
+            # whatever ends the exchange after it (the hang-up, or the trial's close right after).
             await client.close()
             usage = await gateway.close_trial(access.api_key)
     assert reply.choices[0].message.content and streamed
-    lines = [json.loads(line) for line in trajectory.read_text().splitlines()]
+    lines = list(read_trajectory(trajectory))
     assert [(line["stream"], line["status"]) for line in lines] == [(False, 200), (True, 200)]
-    assert lines[0]["error"] is None and lines[1]["error"] in (None, "client disconnected")
+    assert lines[0]["error"] is None and lines[1]["error"] is None
     assert usage.n_calls == 2 and usage.output_tokens > 0
     assert not pids_with(llm_api.model)
 

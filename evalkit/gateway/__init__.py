@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from evalkit.gateway.config import DeploymentConfig, LLMApiConfig
     from evalkit.gateway.gateway import Gateway
-    from evalkit.gateway.trials import ModelUsage, TrialAccess
+    from evalkit.gateway.trials import TrialAccess
+    from evalkit.results import ModelUsage
 
 __all__ = ["DeploymentConfig", "Gateway", "LLMApiConfig", "ModelUsage", "TrialAccess"]
 
@@ -23,7 +24,7 @@ _HOMES = {
     "DeploymentConfig": "evalkit.gateway.config",
     "LLMApiConfig": "evalkit.gateway.config",
     "Gateway": "evalkit.gateway.gateway",
-    "ModelUsage": "evalkit.gateway.trials",
+    "ModelUsage": "evalkit.results",
     "TrialAccess": "evalkit.gateway.trials",
 }
 

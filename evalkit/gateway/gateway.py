@@ -36,7 +36,8 @@ from evalkit.gateway.config import LLMApiConfig, without_credentials
 from evalkit.gateway.control import Channel
 from evalkit.gateway.routes import RouteDirs, sweep_stale
 from evalkit.gateway.translate import price_of
-from evalkit.gateway.trials import ModelUsage, TrialAccess, new_key
+from evalkit.gateway.trials import TrialAccess, new_key
+from evalkit.results import ModelUsage
 
 START_TIMEOUT_SEC = 60.0
 """How long a gateway process may take to import and listen (a busy machine, a cold disk cache)."""

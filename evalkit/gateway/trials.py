@@ -18,7 +18,6 @@ from evalkit.gateway.protocols import Usage
 from evalkit.gateway.routes import CONTAINER_DIR, SOCKET_NAME, TrialRoute
 from evalkit.gateway.logfile import LineWriter, LogFile
 from evalkit.gateway.records import Call
-from evalkit.results import ModelUsage
 
 
 class TrialAccess(BaseModel):

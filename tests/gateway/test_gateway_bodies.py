@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import anthropic
 import openai
 import pytest
-from fake_upstream import FakeUpstream, Reply
+from fake_upstream import Reply
 from gateway_testing import MODEL, anthropic_client, openai_client, read_trajectory
 
 from evalkit.gateway import LLMApiConfig
