@@ -15,7 +15,7 @@ import anthropic
 import openai
 import pytest
 from fake_upstream import Reply
-from gateway_testing import MODEL, anthropic_client, openai_client, read_trajectory
+from gateway_testing import BASH_TOOL_ANTHROPIC, MODEL, anthropic_client, openai_client, read_trajectory
 
 from evalkit.gateway import LLMApiConfig
 from evalkit.gateway.bodies import DOCUMENTED, VLLM_EXTRAS, refused_field
@@ -185,6 +185,32 @@ async def test_unknown_fields_are_dropped_and_named_in_the_trajectory(
         assert upstream.received[-1].body["metadata"] == {"user_id": "agent-7"}
     else:  # ...but never into LiteLLM, which reads `metadata` as its own settings
         assert anthropic_line["dropped"] == ["metadata", "unknown_knob"]
+
+
+@pytest.mark.parametrize("config_name", ["anthropic_mode", "keyed_vllm"])
+async def test_server_tools_never_reach_the_upstream(config_name, request, upstream, serve, open_trial, trajectory):
+    """Tools the provider runs itself (web fetch and search, code execution) would reach the internet for a
+    sandboxed agent: dropped from `tools` on both paths and named; the agent's own tools pass."""
+    config = request.getfixturevalue(config_name)
+    tools = [
+        {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 5},
+        BASH_TOOL_ANTHROPIC,
+        {"type": "web_search_20250305", "name": "web_search"},
+    ]
+    async with serve(config) as gw, anthropic_client(await open_trial(gw, "t1")) as client:
+        await client.messages.create(model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "hi"}],
+                                     tools=tools)  # fmt: skip
+        async with openai_client(await open_trial(gw, "t2")) as openai_sdk:
+            await openai_sdk.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_body={"web_search_options": {}}
+            )
+    sent_tools = upstream.received[0].body["tools"]
+    assert [t.get("name") or t["function"]["name"] for t in sent_tools] == ["Bash"]
+    [line] = read_trajectory(trajectory("t1"))
+    assert line["dropped"][-2:] == ["tools[web_fetch_20250910]", "tools[web_search_20250305]"]
+    assert line["request"]["tools"] == tools  # the record keeps what the agent sent
+    assert "web_search_options" not in upstream.received[1].body
+    assert read_trajectory(trajectory("t2"))[0]["dropped"] == ["web_search_options"]
 
 
 async def test_vllm_sampling_extras_reach_vllm_only_when_harmless(upstream, keyed_vllm, serve, open_trial, trajectory):
