@@ -145,6 +145,7 @@ def run_gateway(upstream_url: str, n_trials: int, workdir: str, processes: int) 
             deployments=[{"model": f"hosted_vllm/{MODEL}", "api_base": upstream_url}],
             max_retries=0,
             processes=processes,
+            connect_timeout_sec=60,  # a thousand connections at once to a one-process fake on a busy 2-core machine
         )
         root = Path(workdir)
         async with Gateway.serve(config, job_name="perf", artifacts_dir=root / "artifacts") as gateway:
@@ -356,9 +357,13 @@ async def measure(args: argparse.Namespace, upstream: Child, gateway: Child) -> 
                     out[name].append(await load(send, concurrency, args.duration, cpu_of[name]))
             return out
 
-        def ratio(rounds: dict[str, list[dict[str, Any]]], a: str, b: str, what: str = "cpu") -> float:
-            value = (lambda r: r["cpu_sec"] / max(1, r["requests"])) if what == "cpu" else (lambda r: r["requests"] / r["seconds"])
-            return round(statistics.median(value(x) / max(1e-9, value(y)) for x, y in zip(rounds[a], rounds[b], strict=True)), 2)
+        def ratio(rounds: dict[str, list[dict[str, Any]]], a: str, b: str, what: str = "cpu") -> float | None:
+            """Median over rounds of a/b; None when a round of either had no request (nothing to divide)."""
+            pairs = list(zip(rounds[a], rounds[b], strict=True))
+            if any(not x["requests"] or not y["requests"] for x, y in pairs):
+                return None
+            value = (lambda r: r["cpu_sec"] / r["requests"]) if what == "cpu" else (lambda r: r["requests"] / r["seconds"])
+            return round(statistics.median(value(x) / value(y) for x, y in pairs), 2)
 
         for label, size in SIZES.items():
             names = all_names if size <= 100 * 1024 else [n for n in all_names if n != "router"]
@@ -423,7 +428,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     per_event = result["streaming"]["translated"]["cpu_ms_per_event"]
     return {
         "passthrough_cpu_per_request_over_direct_client": {
-            "value": over_encoding, "target": "<= 2", "met": max(over_encoding.values()) <= 2,
+            "value": over_encoding, "target": "<= 2", "met": all(v is not None and v <= 2 for v in over_encoding.values()),
             "note": "direct client that encodes its request per call; against one that sends prepared bytes: "
             + json.dumps({label: run["cpu_over_direct"] for label, run in big.items()}),
         },

@@ -194,6 +194,10 @@ class LineWriter:
         self._submitted = 0
         self._written = 0
         """Advanced by the writer thread only; `_submitted - _written` is the queue's length."""
+        self._room: asyncio.Event | None = None
+        """Set (from the writer thread) once the queue is under its bound again; None while nobody waits."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_pending = False
         self._thread = threading.Thread(target=self._run, name="evalkit-gateway-writer", daemon=True)
         self._thread.start()
 
@@ -203,9 +207,19 @@ class LineWriter:
         self._queue.put((file, record))
 
     async def wait_for_room(self) -> None:
-        """Return once the queue is under its bound: free at once in the usual case, polled when the disk lags."""
+        """Return once the queue is under its bound: free at once in the usual case; when the disk lags, woken by
+        the writer thread (never polled: a thousand waiting calls must not spin)."""
         while self._submitted - self._written >= self._bound:
-            await asyncio.sleep(0.005)
+            if self._room is None:
+                self._room, self._loop = asyncio.Event(), asyncio.get_running_loop()
+                continue  # look again: the writer may have made room before it could see the event
+            await self._room.wait()
+
+    def _room_made(self) -> None:
+        self._wake_pending = False
+        if self._room is not None:
+            self._room.set()
+            self._room = None
 
     async def close(self, file: LogFile) -> None:
         """Write every line queued for `file` so far, then close it."""
@@ -234,3 +248,6 @@ class LineWriter:
                 file.fail(f"cannot serialise a line of {file.path}: {type(exc).__name__}: {exc}")
             finally:
                 self._written += 1
+                if self._room is not None and not self._wake_pending and self._submitted - self._written < self._bound:
+                    self._wake_pending = True
+                    self._loop.call_soon_threadsafe(self._room_made)  # type: ignore[union-attr]
