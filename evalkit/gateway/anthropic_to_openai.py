@@ -353,7 +353,7 @@ class StreamTranslator:
             self._kind = None
 
     def _delta(self, kind: str, text: str, out: list[bytes]) -> None:
-        if self._kind != kind or kind == "tool_use":
+        if self._kind != kind:
             if kind == "text":
                 self._open_block("text", {"type": "text", "text": ""}, out)
             elif kind == "thinking":

@@ -100,6 +100,22 @@ async def test_a_streamed_answer_reaches_the_sdk_whole(upstream, serve, open_tri
                              "cache_read_tokens": 3}  # fmt: skip
 
 
+async def test_each_tool_call_is_one_block_however_its_arguments_are_split(upstream, serve, open_trial):
+    """A tool call's argument deltas accumulate into one `tool_use` block in the SDK's stream accumulator; two
+    calls in one answer are two blocks, each with its own id and input."""
+    second = {"name": "Bash", "arguments": {"command": "grep -n bug a.py", "timeout": 30}}
+    upstream.script = [Reply(text="Two looks.", tool_calls=[TOOL, second])]
+    async with serve(vllm_config(upstream)) as gw:
+        async with anthropic_client(await open_trial(gw, "t1")) as client:
+            async with client.messages.stream(**{**CLAUDE_CODE, "thinking": {"type": "disabled"}}) as stream:
+                starts = [e.content_block.type async for e in stream if e.type == "content_block_start"]
+                final = await stream.get_final_message()
+    assert starts == ["text", "tool_use", "tool_use"]
+    assert [b.type for b in final.content] == ["text", "tool_use", "tool_use"]
+    assert [b.input for b in final.content[1:]] == [TOOL["arguments"], second["arguments"]]
+    assert final.content[1].id != final.content[2].id and final.stop_reason == "tool_use"
+
+
 async def test_upstream_errors_reach_the_sdk_in_anthropics_shape(upstream, serve, open_trial, trajectory):
     upstream.script = [Fail(400), Disconnect(after_chunks=3)]
     async with serve(vllm_config(upstream, max_retries=0)) as gw:
