@@ -447,3 +447,33 @@ def test_serve_script_reports_a_missing_model(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.endswith(f"evalkit: error: serve.model: no such file: {tmp_path / 'x.gguf'}\n")
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_evalkit_gateway_starts_the_model_servers_of_a_serve_block(tmp_path: Path, fake_vllm: Path) -> None:
+    """`evalkit gateway` with a Mode B `llm_api` starts its servers as `evalkit run` does, answers through them,
+    and stops them (and itself) on Ctrl-C."""
+    name = unique_name("gw-cli")
+    config = {"job_name": name, "dataset": {"path": "tasks"},
+              "llm_api": {"model": name, "serve": {"engine": "vllm", "model": str(fake_vllm), "replicas": 2}}}  # fmt: skip
+    (tmp_path / "config.yaml").write_text(json.dumps(config))
+    proc = popen_cli("gateway", str(tmp_path / "config.yaml"), "--key", "ek-fixed", cwd=tmp_path)
+    try:
+        first = proc.stdout.readline()
+        url = first.split(": ", 1)[1].split()[0]
+        client = openai.OpenAI(base_url=url + "/v1", api_key="ek-fixed", max_retries=0)
+        ports = set()
+        for _ in range(4):
+            reply = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+            ports.add(reply.choices[0].message.content)
+        client.close()
+        assert len(pids_with(name)) >= 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert first.startswith(f"evalkit gateway for job {name}: http://127.0.0.1:") and f"(model {name})" in first
+    assert all(p.startswith("fake vllm on port ") for p in ports)
+    assert (proc.returncode, err) == (0, "")
+    assert "stopped: 4 calls, 0 errors" in out
+    logs = tmp_path / "artifacts" / "litellm" / name / "model-server"
+    assert len(list(logs.iterdir())) == 2
+    assert not pids_with(name)

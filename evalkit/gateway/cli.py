@@ -3,7 +3,8 @@
 It serves the config's `llm_api` until SIGINT/SIGTERM and issues one ad-hoc key (or accepts `--key`) with its
 own Unix socket, whose calls are logged like a trial's, in
 `artifacts/litellm/<job>/adhoc-<UTC time>/litellm-trajectory.jsonl` (a fresh file per run: trajectories are
-never appended to).
+never appended to). An `llm_api` with `serve:` (Mode B) starts its model servers first, as `evalkit run` does,
+and stops them after the gateway.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from evalkit.config import load_config
 from evalkit.errors import ConfigError
 from evalkit.gateway.config import LLMApiConfig
 from evalkit.gateway.gateway import Gateway
+from evalkit.serving import managed_llm_api
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,11 +45,17 @@ def gateway_command(args: argparse.Namespace) -> int:
         return exc.exit_code
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     config = job.llm_api.model_copy(update=overrides)
-    return run_main(serve_until_stopped(config, job.job_name, job.artifacts_dir, args.key))
+    return run_main(serve_until_stopped(config, job.job_name, job.artifacts_dir, args.key, job.base_dir))
 
 
-async def serve_until_stopped(config: LLMApiConfig, job_name: str, artifacts_dir: Path, key: str | None) -> int:
-    async with Gateway.serve(config, job_name=job_name, artifacts_dir=artifacts_dir) as gateway:
+async def serve_until_stopped(
+    config: LLMApiConfig, job_name: str, artifacts_dir: Path, key: str | None, base_dir: Path | None = None
+) -> int:
+    model_server_logs = artifacts_dir / "litellm" / job_name / "model-server"  # where `evalkit run` puts them
+    async with (
+        managed_llm_api(config, log_dir=model_server_logs, base_dir=base_dir) as served,
+        Gateway.serve(served, job_name=job_name, artifacts_dir=artifacts_dir) as gateway,
+    ):
         run = time.strftime("adhoc-%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
         trajectory = gateway.job_dir / run / "litellm-trajectory.jsonl"
         access = await gateway.open_trial("adhoc", trajectory, api_key=key)
