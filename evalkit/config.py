@@ -87,6 +87,8 @@ class TimeoutsConfig(StrictModel):
     """Override of the tasks' `[agent] timeout_sec` (absent there means no limit)."""
     verifier_sec: float | None = Field(default=None, gt=0)
     """Override of the tasks' `[verifier] timeout_sec`."""
+    grace_sec: float = Field(default=30.0, gt=0)
+    """How long after its timeout an agent that ignores it is cut off by the engine."""
 
 
 class RetryConfig(StrictModel):
@@ -177,7 +179,7 @@ class JobConfig(StrictModel):
         identity = self.model_dump(
             mode="json",
             include={"dataset", "agent", "n_attempts", "timeouts", "llm_api"},
-            exclude={"dataset": {"cache_dir", "max_concurrent_fetches"}, "llm_api": {"host", "port"}},
+            exclude={"dataset": {"cache_dir", "max_concurrent_fetches"}, "llm_api": {"host", "port"}, "timeouts": {"grace_sec"}},
         )
         return _redact(identity, lambda v: f"{SECRET_MARK}{hashlib.sha256((salt + repr(v)).encode()).hexdigest()[:24]}>")
 

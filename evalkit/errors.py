@@ -110,7 +110,19 @@ class AgentSetupError(TrialError):
 
 
 class DockerUnavailableError(TrialError):
-    """The container engine stopped answering; whatever phase it happened in, the machine failed."""
+    """The container engine stopped answering, or restarted under the try; whatever phase it happened in,
+    the machine failed."""
+
+
+class ImagePullError(TrialError):
+    """An image (a prebuilt `docker_image`, or a `FROM` base of a build) could not be pulled: the registry or
+    the network failed, after bounded retries. Not the task's fault, so retried like any infrastructure
+    error."""
+
+
+class TryDeadlineError(TrialError):
+    """The whole try outlived its deadline (every phase's timeout plus grace): something was stuck, and the
+    try was cut and its container removed."""
 
 
 class GatewayLostError(TrialError):
@@ -184,6 +196,8 @@ TRIAL_ERROR_TYPES: dict[str, type[TrialError]] = {
         EnvironmentStartError,
         AgentSetupError,
         DockerUnavailableError,
+        ImagePullError,
+        TryDeadlineError,
         AgentTimeoutError,
         AgentExitError,
         ContainerLostError,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, PrivateAttr
 
 from evalkit.errors import ErrorKind
 
@@ -136,6 +136,13 @@ class DownloadReport(BaseModel):
     """True when the download stopped at its size or file-count cap."""
     error: str | None = None
     """Why the download failed, if it did (the container vanished, the disk is full)."""
+    _not_taken: dict[str, tuple[str, int]] = PrivateAttr(default_factory=dict)
+
+    @property
+    def not_taken(self) -> dict[str, tuple[str, int]]:
+        """Entries left behind for their type or size: relative path → (type name, size). In memory only
+        (a reward is read back from a download and refused the same way); never written to a file."""
+        return self._not_taken
 
 
 class AgentOutcome(BaseModel):

@@ -3,7 +3,9 @@ logs copied out) → verifier → results copied out, each phase timed and bound
 
 A phase's failure is recorded as a typed error with its kind, not raised: an agent that times out or exits
 non-zero still gets its verdict. Whatever fails after the agent started is the agent's outcome, except an
-engine that stopped answering. Every container is removed on every path, cancellation included.
+engine that stopped answering. Every container is removed on every path, cancellation included, and the
+whole try has a deadline (every phase's timeout plus grace) that cuts whatever is stuck. `/logs` comes back
+in one transfer once the verifier is done, and the reward is read from that copy.
 
 A multi-step task (`[[steps]]`) runs its steps in order in one environment, the verifier after each, as
 Harbor does: a step's failure is the step's (kept in `TrialResult.steps`), the steps stop early on a failure
@@ -15,11 +17,12 @@ receives only `/logs/artifacts` and the declared artifacts.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import shlex
 import shutil
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +32,8 @@ from evalkit.agents import Agent
 from evalkit.artifacts import CONVENTION_DIR, collect_artifacts, run_collect_hooks, upload_artifacts
 from evalkit.cleanup import uncancellable
 from evalkit.config import TimeoutsConfig
-from evalkit.environments import Environment
+from evalkit.environments import DownloadTarget, Environment
+from evalkit.environments.archive import DownloadedFiles
 from evalkit.errors import (
     AgentExitError,
     AgentProcessesSurvivedError,
@@ -40,26 +44,31 @@ from evalkit.errors import (
     GatewayLostError,
     JobFailedError,
     TrialError,
+    TryDeadlineError,
 )
 from evalkit.healthcheck import run_healthcheck
-from evalkit.results import AgentOutcome, ErrorInfo, PhaseTiming, StepResult, TrialResult, utcnow, write_json_atomic
+from evalkit.results import AgentOutcome, DownloadReport, ErrorInfo, PhaseTiming, StepResult, TrialResult, utcnow, write_json_atomic
 from evalkit.steps import combine_rewards, stop_reason
-from evalkit.tasks import Task, TaskStep, VerifierPlan
-from evalkit.verifier import FRESH_DIRS, run_verifier
+from evalkit.tasks import HealthcheckConfig, Task, TaskStep, VerifierPlan
+from evalkit.verifier import FRESH_DIRS, read_reward, run_tests
 
 if TYPE_CHECKING:
     from evalkit.gateway import Gateway
 
-AGENT_GRACE_SEC = 30.0
-"""An agent's `run` must return by its timeout; the engine cuts it off this much later if it does not."""
+TRY_GRACE_SEC = 120.0
+"""Beyond the sum of a try's phase timeouts (and the agent's grace): the engine's own steps (kill, copies,
+removal) must fit in it, or the try is cut (`TryDeadlineError`)."""
 TRAJECTORY_FILE = "litellm-trajectory.jsonl"
 VERDICT_FILE = "verdict.json"
+LOGS_DIR = "/logs"
 LOG_COPIES = (
-    ("/logs/agent", "agent", {TRAJECTORY_FILE}),
-    ("/logs/verifier", "evaluation", {VERDICT_FILE}),
-    ("/logs/artifacts", "artifacts", set()),
+    ("agent", "agent", frozenset({TRAJECTORY_FILE})),
+    ("verifier", "evaluation", frozenset({VERDICT_FILE})),
+    ("artifacts", "artifacts", frozenset()),
 )
-"""Container directory → try subdirectory, and the names there that only the host writes."""
+"""Subdirectory of /logs → try subdirectory, and the names there that only the host writes. All three
+come back in one transfer once the verifier is done (the agent's processes are dead by then)."""
+_RESERVED = {name: reserved for name, _, reserved in LOG_COPIES}
 _MESSAGE_CHARS = 4000
 _ENVIRONMENT_GONE = (ContainerLostError, DockerUnavailableError, AgentProcessesSurvivedError, JobFailedError)
 """Failures after which nothing more can run in the environment (or be trusted from it): they end the try
@@ -78,6 +87,41 @@ class PhaseTimeouts:
     verifier: float | None
     scaling: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     """The job's overrides and multipliers, for the per-step limits of a multi-step task."""
+
+    @property
+    def grace(self) -> float:
+        """An agent's `run` must return by its timeout; the engine cuts it off this much later if it does not."""
+        return self.scaling.grace_sec
+
+    def whole_try(self, task: Task) -> float | None:
+        """The try's deadline: every phase's timeout (each step's, healthchecks' worst case, a separate
+        verifier's build and start), the agents' grace and TRY_GRACE_SEC; None when a phase has no limit."""
+        parts: list[float | None] = [self.build, self.start, self.agent_setup]
+        checks = [task.config.environment.healthcheck]
+        plans = []
+        if task.steps:
+            for step in task.steps:
+                # A step's `setup.sh` (if any) has no limit of its own: it gets the agent setup's.
+                parts += [*self.for_step(task, step), self.grace, self.agent_setup]
+                checks.append(step.config.healthcheck)
+                plans.append(task.verifier_plan(step))
+        else:
+            parts += [self.agent, self.verifier, self.grace]
+            plans.append(task.verifier_plan())
+        for plan in plans:
+            parts += [sum(hook.timeout_sec for hook in plan.collect)] + ([self.build, self.start] if plan.separate else [])
+        parts += [_healthcheck_bound(check) for check in checks if check is not None]
+        if any(p is None for p in parts):
+            return None
+        return sum(parts) + TRY_GRACE_SEC  # type: ignore[arg-type]
+
+
+def _healthcheck_bound(check: HealthcheckConfig) -> float | None:
+    """The longest a healthcheck can take before it passes or fails (None: its runs have no timeout)."""
+    timeout = int(check.timeout_sec)
+    if not timeout:
+        return None
+    return check.start_period_sec + timeout + check.start_interval_sec + check.retries * (timeout + check.interval_sec)
 
     def for_step(self, task: Task, step: TaskStep) -> tuple[float | None, float | None]:
         """A step's agent and verifier limits: `[steps.agent] timeout_sec` else the task's; the step's own
@@ -166,11 +210,30 @@ class _Run:
     verifier_environments: VerifierEnvironments | None
     access: Any = None
 
-    async def copy_out(self, source: str, target: str, reserved: set[str], env: Environment | None = None) -> None:
-        self.result.downloads[target] = await (env or self.env).download(
-            source, self.spec.try_dir / target, max_bytes=self.spec.download_max_bytes,
-            max_files=self.spec.download_max_files, reserved=reserved,
-        )
+    async def copy_logs(self, targets: dict[str, str], env: Environment | None = None) -> DownloadedFiles:
+        """Subdirectories of `/logs` (name → try subdirectory) not copied yet, in one transfer, each under the
+        try's caps and with the names only the host writes left out; the verifier's copy for reading back."""
+        routes = {
+            name: DownloadTarget(self.spec.try_dir / target, self.spec.download_max_bytes, self.spec.download_max_files,
+                                 _RESERVED[name])
+            for name, target in targets.items() if target not in self.result.downloads
+        }
+        if routes:
+            try:
+                reports = await (env or self.env).download_many(LOGS_DIR, routes)
+            except OSError as exc:  # the host's disk, never the container's doing
+                raise JobFailedError(
+                    f"cannot write {exc.filename or self.spec.try_dir}: {exc.strerror or exc}; finished tries are kept, "
+                    "and running the job again resumes it"
+                ) from None
+            self.result.downloads.update({targets[name]: report for name, report in reports.items()})
+        target = targets.get("verifier", "evaluation")
+        return DownloadedFiles(f"{LOGS_DIR}/verifier", self.spec.try_dir / target,
+                               self.result.downloads.get(target) or DownloadReport(error="not copied"))
+
+    async def copy_rest(self) -> None:
+        """What the phases did not copy, when they ended early (steps copy their own agent and verifier logs)."""
+        await self.copy_logs({name: target for name, target, _ in LOG_COPIES if not self.task.steps or name == "artifacts"})
 
 
 async def run_try(
@@ -179,7 +242,7 @@ async def run_try(
     agent: Agent,
     timeouts: PhaseTimeouts,
     gateway: Gateway | None = None,
-    retry_if: Callable[[TrialResult], bool] | None = None,
+    retry_if: Callable[[TrialResult], bool | Awaitable[bool]] | None = None,
     verifier_environments: VerifierEnvironments | None = None,
 ) -> TrialResult:
     """Run every phase that can run, then write `evaluation/verdict.json` and `result.json`.
@@ -209,65 +272,67 @@ async def run_try(
         # The first error stands, except those that explain whatever the agent's exit looked like and why
         # no verdict follows.
         if result.error is None or isinstance(
-            exc, (ContainerLostError, DockerUnavailableError, AgentProcessesSurvivedError, GatewayLostError)
+            exc, (ContainerLostError, DockerUnavailableError, AgentProcessesSurvivedError, GatewayLostError, TryDeadlineError)
         ):
             result.error = error_info(exc, phase=current, agent_started=agent_started)
 
     await _in_thread(spec.try_dir.mkdir, parents=True, exist_ok=True)
+    deadline_sec = timeouts.whole_try(task)
     try:
         try:
-            with phase("environment"):
-                result.environment = await env.start()
-                if task.config.environment.healthcheck is not None:
-                    await run_healthcheck(env, task.config.environment.healthcheck)
-                    await env.mark_baseline()  # what the environment runs once healthy is its own
-            with phase("agent_setup"):
+            async with asyncio.timeout(deadline_sec) as deadline:
                 try:
-                    async with asyncio.timeout(timeouts.agent_setup):
-                        await agent.setup(env)
-                except TimeoutError:
-                    raise AgentSetupError(f"agent setup outlived its timeout of {timeouts.agent_setup:g} s") from None
-            if gateway is not None:
-                run.access = await gateway.open_trial(spec.try_name, spec.try_dir / "agent" / TRAJECTORY_FILE)
-            agent_started = True
-            if task.steps:
-                current = "agent"
-                await _run_steps(run, timeouts, gateway)
-            else:
-                plan = task.verifier_plan()
-                with phase("agent"):
-                    result.agent_outcome = await _run_agent(agent, task, env, run.access, timeouts.agent)
-                    for problem in _agent_problems(result.agent_outcome, timeouts.agent):
-                        record(problem)
-                    await _close_key(run, gateway)
-                    await env.kill_agent_processes(then_empty=FRESH_DIRS)
-                # The agent is gone, its logs are final: copy them out while the verifier runs (before it, when
-                # the verifier's environment replaces the agent's).
-                agent_logs = asyncio.ensure_future(run.copy_out(*LOG_COPIES[0]))
-                if plan.separate:
-                    await _join(agent_logs)
-                try:
-                    with phase("verifier"):
-                        result.rewards = await _verify(run, plan, timeouts.verifier, "")
+                    with phase("environment"):
+                        result.environment = await env.start()
+                        if task.config.environment.healthcheck is not None:
+                            await run_healthcheck(env, task.config.environment.healthcheck)
+                            await env.mark_baseline()  # what the environment runs once healthy is its own
+                    with phase("agent_setup"):
+                        try:
+                            async with asyncio.timeout(timeouts.agent_setup):
+                                await agent.setup(env)
+                        except TimeoutError:
+                            raise AgentSetupError(f"agent setup outlived its timeout of {timeouts.agent_setup:g} s") from None
+                    if gateway is not None:
+                        run.access = await gateway.open_trial(spec.try_name, spec.try_dir / "agent" / TRAJECTORY_FILE)
+                    agent_started = True
+                    if task.steps:
+                        current = "agent"
+                        await _run_steps(run, timeouts, gateway)
+                    else:
+                        plan = task.verifier_plan()
+                        with phase("agent"):
+                            result.agent_outcome = await _run_agent(agent, task, env, run.access, timeouts.agent, timeouts.grace)
+                            for problem in _agent_problems(result.agent_outcome, timeouts.agent):
+                                record(problem)
+                            await _close_key(run, gateway)
+                            await env.kill_agent_processes(then_empty=FRESH_DIRS)
+                        with phase("verifier"):
+                            result.rewards = await _verify(run, plan, timeouts.verifier, "")
+                except JobFailedError:
+                    raise
+                except Exception as exc:  # every failure of one try is that try's result, never the job's crash
+                    record(exc)
                 finally:
-                    await _join(agent_logs)
-        except Exception as exc:  # every failure of one try is that try's result, never the job's crash
-            record(exc)
-        finally:
-            try:
-                await _close_key(run, gateway)
-            except GatewayLostError as exc:  # the gateway process serving this try died before the agent ended
-                record(exc)
-        if result.environment is not None:  # the agent's logs too, when its phase ended early (steps copy their own)
-            copies = LOG_COPIES[2:] if task.steps else LOG_COPIES
-            await asyncio.gather(*(run.copy_out(*copy) for copy in copies if copy[1] not in result.downloads))
+                    try:
+                        await _close_key(run, gateway)
+                    except GatewayLostError as exc:  # the gateway process serving this try died before the agent ended
+                        record(exc)
+                if result.environment is not None:  # the phases ended early (steps copy their own agent logs)
+                    await run.copy_rest()
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            record(TryDeadlineError(f"the try outlived its deadline of {deadline_sec:g} s (every phase's timeout "
+                                    f"and {timeouts.grace + TRY_GRACE_SEC:g} s of grace) in its {current} phase"))
     finally:
         try:
             await uncancellable(env.stop())
         except Exception as exc:  # a container we could not remove is worth knowing about, not a crash
             record(exc)
     result.finished_at = utcnow()
-    result.will_retry = retry_if is not None and retry_if(result)
+    decision = retry_if is not None and retry_if(result)
+    result.will_retry = bool(await decision if inspect.isawaitable(decision) else decision)
     await _write(spec.try_dir / "evaluation" / VERDICT_FILE, _verdict(result))
     await _write(spec.try_dir / "result.json", result)
     return result
@@ -301,7 +366,10 @@ async def _verify(run: _Run, plan: VerifierPlan, timeout: float | None, where: s
     )
     run.result.downloads.update({f"{where}{name}" if where else name: report for name, report in reports.items()})
     if not plan.separate:
-        return await run_verifier(plan, env, timeout_sec=timeout)
+        await run_tests(plan, env, timeout_sec=timeout)
+        if where:  # a step's verifier logs go to the step's directory
+            return await read_reward(await run.copy_logs({"verifier": f"evaluation/{where}".rstrip("/")}))
+        return await read_reward(await run.copy_logs({name: target for name, target, _ in LOG_COPIES}))
     if run.verifier_environments is None:
         raise RuntimeError("this task's verifier needs an environment of its own, and none can be made here")
     staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=".verifier-", dir=spec.try_dir))
@@ -309,17 +377,19 @@ async def _verify(run: _Run, plan: VerifierPlan, timeout: float | None, where: s
         convention = staging / "logs-artifacts"
         report = await env.download(CONVENTION_DIR, convention, max_bytes=spec.download_max_bytes, max_files=spec.download_max_files)
         if last:  # the agent's environment has no further use (Harbor stops it here)
-            await run.copy_out(*LOG_COPIES[2])
+            await run.copy_logs({"artifacts": "artifacts"} if where else {"agent": "agent", "artifacts": "artifacts"})
             await uncancellable(env.stop())
         view = run.task.with_image(context=plan.image_context, docker_image=plan.docker_image, environment=plan.environment)
         verifier_env = run.verifier_environments(view)
         try:
             await verifier_env.start()
             await upload_artifacts(verifier_env, convention if report.error is None else None, collected, staging)
+            target = f"evaluation/{where}".rstrip("/")
             try:
-                return await run_verifier(plan, verifier_env, timeout_sec=timeout)
+                await run_tests(plan, verifier_env, timeout_sec=timeout)
             finally:
-                await run.copy_out("/logs/verifier", f"evaluation/{where}".rstrip("/"), {VERDICT_FILE}, env=verifier_env)
+                copied = await run.copy_logs({"verifier": target}, env=verifier_env)
+            return await read_reward(copied)
         finally:
             await uncancellable(verifier_env.stop())
     finally:
@@ -377,20 +447,21 @@ async def _run_step(run: _Run, step: TaskStep, outcome: StepResult, timeouts: Ph
         return
     with phase("agent"):
         try:
-            outcome.agent_outcome = await _run_agent(run.agent, task.for_step(step), env, run.access, agent_timeout)
+            outcome.agent_outcome = await _run_agent(run.agent, task.for_step(step), env, run.access, agent_timeout,
+                                                     timeouts.grace)
             problems = _agent_problems(outcome.agent_outcome, agent_timeout)
             if problems:
                 raise problems[0]
         finally:
             await env.kill_agent_processes(then_empty=FRESH_DIRS)
-            await run.copy_out("/logs/agent", f"agent/steps/{step.name}", {TRAJECTORY_FILE})
+            await run.copy_logs({"agent": f"agent/steps/{step.name}"})
     with phase("verifier"):
         try:
             outcome.rewards = await _verify(run, task.verifier_plan(step), verifier_timeout, f"steps/{step.name}/",
                                             last=step is task.steps[-1])
         finally:
             if not task.verifier_plan(step).separate:
-                await run.copy_out("/logs/verifier", f"evaluation/steps/{step.name}", {VERDICT_FILE})
+                await run.copy_logs({"verifier": f"evaluation/steps/{step.name}"})
 
 
 async def _step_workdir(env: Environment, step: TaskStep, user: str | None) -> bool:
@@ -410,24 +481,15 @@ async def _step_workdir(env: Environment, step: TaskStep, user: str | None) -> b
     return True
 
 
-async def _run_agent(agent: Agent, task: Task, env: Environment, access: Any, timeout: float | None) -> AgentOutcome:
-    """The agent's run, bounded by the engine too: an agent that ignores its timeout is cut off."""
+async def _run_agent(agent: Agent, task: Task, env: Environment, access: Any, timeout: float | None,
+                     grace: float) -> AgentOutcome:
+    """The agent's run, bounded by the engine too: an agent that ignores its timeout (by `grace`) is cut off."""
     try:
-        async with asyncio.timeout(None if timeout is None else timeout + AGENT_GRACE_SEC):
+        async with asyncio.timeout(None if timeout is None else timeout + grace):
             outcome = await agent.run(task, env, model=access, timeout_sec=timeout)
     except TimeoutError:
         return AgentOutcome(timed_out=True)
     return AgentOutcome(exit_code=outcome.exit_code, timed_out=outcome.timed_out, exit_code_is_error=outcome.exit_code_is_error)
-
-
-async def _join(task: asyncio.Future[None]) -> None:
-    """Wait for a helper task of this try; cancelled meanwhile, cancel it too and let it end first."""
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.cancel()
-        await asyncio.wait([task])
-        raise
 
 
 def _verdict(result: TrialResult) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 The verdict belongs to the verifier. By the time this runs, every process the agent started is dead (the
 trial kills them first), so nothing but `test.sh` writes here: `/tests` is removed and uploaded afresh (an
 agent-planted `conftest.py` does not survive), `/logs/verifier` starts empty. The reward file is read
-through the Environment: a symlink is never followed, a FIFO or device never opened, size is capped, and
-no error message carries more than a short escaped excerpt of what the container wrote.
+from the try's download of `/logs` (or through the Environment): a symlink is never followed, a FIFO or
+device never opened, size is capped, and no error message carries more than a short escaped excerpt of what the container wrote.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import orjson
 from evalkit.environments import (
     Environment,
     FileMissingError,
+    FileReader,
     FileTooLargeError,
     NotARegularFileError,
 )
@@ -40,11 +41,11 @@ FRESH_DIRS = ("/tests", REWARD_DIR)
 left there (a `conftest.py`, a reward) survives into the verdict."""
 
 
-async def run_verifier(plan: VerifierPlan, env: Environment, *, timeout_sec: float | None) -> dict[str, float]:
+async def run_tests(plan: VerifierPlan, env: Environment, *, timeout_sec: float | None) -> None:
     """Upload the tests (the task's `tests/`, then a step's, whose files win; nothing when the verifier's
-    image bundles them), run `test.sh` — executed, so its shebang picks the interpreter, as in Harbor — and
-    read the reward; its exit code is ignored. The caller has killed the agent's processes and emptied
-    FRESH_DIRS (one step, as root, so nothing can race it)."""
+    image bundles them), run `test.sh` — executed, so its shebang picks the interpreter, as in Harbor —
+    and ignore its exit code; the caller reads the reward from its copy of `/logs/verifier`. The caller has
+    killed the agent's processes and emptied FRESH_DIRS (one step, as root, so nothing can race it)."""
     for tests in plan.tests_dirs:
         await env.put(tests, "/tests")
     prepared = await env.exec("chmod +x /tests/test.sh", user="0", timeout_sec=60)
@@ -58,14 +59,13 @@ async def run_verifier(plan: VerifierPlan, env: Environment, *, timeout_sec: flo
     )
     if result.timed_out:
         raise VerifierTimeoutError(f"tests/test.sh outlived the verifier timeout of {timeout_sec:g} s")
-    return await read_reward(env)
 
 
-async def read_reward(env: Environment) -> dict[str, float]:
+async def read_reward(files: FileReader) -> dict[str, float]:
     """`reward.json` if it exists, else `reward.txt`; RewardFileMissingError if neither does. Both are read
-    at once (one round trip to the engine instead of two)."""
+    at once (one round trip to the engine instead of two, none from a download)."""
     reads = await asyncio.gather(
-        *(env.read_file(f"{REWARD_DIR}/{name}", max_bytes=MAX_REWARD_BYTES) for name in REWARD_FILES),
+        *(files.read_file(f"{REWARD_DIR}/{name}", max_bytes=MAX_REWARD_BYTES) for name in REWARD_FILES),
         return_exceptions=True,
     )
     for name, read in zip(REWARD_FILES, reads):

@@ -19,12 +19,19 @@ import queue
 import stat
 import tarfile
 import threading
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TypeVar
 
 from evalkit.cleanup import uncancellable
-from evalkit.environments.base import FileTooLargeError, NotARegularFileError
+from evalkit.environments.base import (
+    DownloadTarget,
+    FileMissingError,
+    FileReadError,
+    FileTooLargeError,
+    NotARegularFileError,
+)
 from evalkit.results import DownloadReport
 
 T = TypeVar("T")
@@ -180,7 +187,9 @@ def printable(name: str) -> str:
     return text if len(text) <= _NAME_CHARS else text[: _NAME_CHARS - 3] + "..."
 
 
-class _Extraction:
+class _Route:
+    """One host directory being filled from (part of) an archive, with its own caps and report."""
+
     def __init__(self, target: Path, max_bytes: int, max_files: int, reserved: Collection[str]) -> None:
         self.target = target
         self.reserved = frozenset(reserved)
@@ -191,61 +200,37 @@ class _Extraction:
         """File bytes read from the stream, kept or not: bounds the transfer, not just what is kept."""
         self.entries = 0
         """Entries of any type seen: bounds the work (a million empty directories is an attack too)."""
+        self.dead = False
+        """Its top is not a directory: nothing of it is taken."""
 
-    def skip(self, name: str, reason: str) -> None:
+    def skip(self, name: str, reason: str, kind: str | None = None, size: int = 0) -> None:
         self.report.n_skipped += 1
         if len(self.report.skipped) < MAX_LISTED:
             self.report.skipped.append(f"{printable(name)}: {reason}")
+        if kind is not None:
+            self.report.not_taken[name] = (kind, size)
 
-    def run(self, stream: IO[bytes]) -> DownloadReport:
-        self.target.mkdir(parents=True, exist_ok=True)
-        try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                root: str | None = None
-                for member in tar:
-                    if root is None:
-                        root = PurePosixPath(member.name).parts[0] if member.name else ""
-                        if not member.isdir():
-                            self.skip(member.name, f"{type_name(member)} instead of a directory; nothing downloaded")
-                            break
-                        continue
-                    self.entries += 1
-                    if self.entries > self.max_files:
-                        self.report.truncated = True
-                        break
-                    if not self.entry(tar, member, root):
-                        break
-        except OSError as exc:
-            self.report.error = f"{type(exc).__name__}: {exc.strerror or exc}"
-        except tarfile.TarError as exc:
-            self.report.error = f"the archive is malformed: {exc}"
-        return self.report
-
-    def entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo, root: str) -> bool:
-        """Handle one member; False stops the download."""
-        parts = PurePosixPath(member.name).parts
-        if not parts or parts[0] != root or any(p in ("..", "/", "") for p in parts) or len(parts) < 2:
-            self.skip(member.name, "path outside the directory")
-            return True
-        relative = "/".join(parts[1:])
-        if parts[1] in self.reserved:
+    def entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parts: tuple[str, ...]) -> bool:
+        """Handle one member, `parts` its path below the route's top; False stops the download."""
+        relative = "/".join(parts)
+        if parts[0] in self.reserved:
             self.skip(relative, "reserved for the host's own file")
             return True
         if member.isdir():
-            if self.directory(parts[1:]) is None:
+            if self.directory(parts) is None:
                 self.skip(relative, "a file of that name is already there")
             return True
         if not member.isreg():
-            self.skip(relative, type_name(member))
+            self.skip(relative, type_name(member), type_name(member))
             return True
         if member.size > self.max_bytes - self.report.bytes:
-            self.skip(relative, f"{member.size} bytes, over the download cap of {self.max_bytes}")
+            self.skip(relative, f"{member.size} bytes, over the download cap of {self.max_bytes}", "regular file", member.size)
             if self.passed + member.size > 2 * self.max_bytes:  # not even worth reading past
                 self.report.truncated = True
                 return False
             self.passed += member.size
             return True
-        parent = self.directory(parts[1:-1])
+        parent = self.directory(parts[:-1])
         if parent is None:
             self.skip(relative, "its directory could not be made")
             return True
@@ -284,9 +269,155 @@ class _Extraction:
         return path
 
 
+class _Extraction:
+    """An archive of one directory: its entries into one route, or (routed) each of its subdirectories
+    into a route of its own. Docker lists a directory's entries in name order, so a routed archive that
+    stops early has finished every route before the one it stopped in."""
+
+    def __init__(self, routes: dict[str | None, _Route]) -> None:
+        self.routes = routes
+        self.routed = None not in routes
+        self.seen: list[str | None] = []
+        """Routes in the order their entries came; all but the last are complete once the next began."""
+        self.stopped = False
+
+    def run(self, stream: IO[bytes]) -> None:
+        for route in self.routes.values():
+            route.target.mkdir(parents=True, exist_ok=True)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                root: str | None = None
+                for member in tar:
+                    if root is None:
+                        root = PurePosixPath(member.name).parts[0] if member.name else ""
+                        if not member.isdir():
+                            for route in self.routes.values():
+                                route.dead = True
+                                route.skip(member.name, f"{type_name(member)} instead of a directory; nothing downloaded")
+                            break
+                        continue
+                    if not self.member(tar, member, root):
+                        self.stopped = True
+                        break
+        except OSError as exc:
+            self.fail(f"{type(exc).__name__}: {exc.strerror or exc}")
+        except tarfile.TarError as exc:
+            self.fail(f"the archive is malformed: {exc}")
+
+    def fail(self, error: str) -> None:
+        for route in self.routes.values():
+            route.report.error = route.report.error or error
+
+    def member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, root: str) -> bool:
+        parts = PurePosixPath(member.name).parts
+        if not parts or parts[0] != root or any(p in ("..", "/", "") for p in parts) or len(parts) < 2:
+            next(iter(self.routes.values())).skip(member.name, "path outside the directory")
+            return True
+        name: str | None = parts[1] if self.routed else None
+        route = self.routes.get(name)
+        if route is None:
+            return True  # a sibling of the routed directories: not asked for
+        if not self.seen or self.seen[-1] != name:
+            self.seen.append(name)
+        below = parts[2:] if self.routed else parts[1:]
+        if not below:  # the route's own top
+            if not member.isdir():
+                route.dead = True
+                route.skip(name or member.name, f"{type_name(member)} instead of a directory; nothing downloaded")
+            return True
+        if route.dead:
+            return True
+        route.entries += 1
+        if route.entries > route.max_files:
+            route.report.truncated = True
+            return False
+        return route.entry(tar, member, below)
+
+    def unfinished(self) -> list[str]:
+        """Routes the stream stopped before reaching (or in the middle of, when nothing marks them
+        truncated): to be fetched on their own."""
+        if not self.stopped:
+            return []
+        last = self.seen[-1] if self.seen else None
+        return [name for name in self.routes if name is not None and name not in self.seen[:-1] and name != last]
+
+
 def extraction_reader(
     target: Path, *, max_bytes: int, max_files: int, reserved: Collection[str] = ()
 ) -> Callable[[IO[bytes]], DownloadReport]:
     """A reader that unpacks a directory's archive into `target` (the archive's top entry is the
     directory itself), with the rules above."""
-    return _Extraction(target, max_bytes, max_files, reserved).run
+    extraction = _Extraction({None: _Route(target, max_bytes, max_files, reserved)})
+
+    def read(stream: IO[bytes]) -> DownloadReport:
+        extraction.run(stream)
+        return extraction.routes[None].report
+
+    return read
+
+
+@dataclass(frozen=True)
+class RoutedDownload:
+    reports: dict[str, DownloadReport]
+    unfinished: list[str]
+    """Subdirectories the transfer stopped before (another one hit its cap): fetch them on their own."""
+    seen: list[str]
+
+
+def routed_extraction_reader(routes: Mapping[str, DownloadTarget]) -> Callable[[IO[bytes]], RoutedDownload]:
+    """A reader that unpacks each named subdirectory of a directory's archive into a host directory of
+    its own, each with its own caps, the rules above for each. Other subdirectories are ignored."""
+    extraction = _Extraction(
+        {name: _Route(t.target_dir, t.max_bytes, t.max_files, t.reserved) for name, t in routes.items()}
+    )
+
+    def read(stream: IO[bytes]) -> RoutedDownload:
+        extraction.run(stream)
+        reports = {str(name): route.report for name, route in extraction.routes.items()}
+        return RoutedDownload(reports, extraction.unfinished(), [str(n) for n in extraction.seen])
+
+    return read
+
+
+class DownloadedFiles:
+    """Files of one downloaded directory, read back on the host as `Environment.read_file` reads them in
+    the container: what the download did not take because it was not a regular file, or too large, is
+    refused the same way. The copies are ours (written O_EXCL, regular files only), and are still opened
+    without following links, non-blocking, and checked before reading."""
+
+    def __init__(self, container_dir: str, host_dir: Path, report: DownloadReport) -> None:
+        self.container_dir = container_dir.rstrip("/")
+        self.host_dir = host_dir
+        self.report = report
+
+    async def read_file(self, path: str, *, max_bytes: int) -> bytes:
+        prefix = self.container_dir + "/"
+        if not path.startswith(prefix):
+            raise FileMissingError(f"{path} is not under {self.container_dir}")
+        relative = path[len(prefix):]
+        if relative in self.report.not_taken:
+            kind, size = self.report.not_taken[relative]
+            if kind == "regular file":
+                raise FileTooLargeError(path, size, max_bytes)
+            raise NotARegularFileError(path, kind)
+        return await asyncio.to_thread(_read_copy, path, self.host_dir / relative, max_bytes, self.report.error)
+
+
+def _read_copy(path: str, copy: Path, max_bytes: int, download_error: str | None) -> bytes:
+    try:
+        fd = os.open(copy, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileMissingError(f"{path} does not exist" + (f" (the download failed: {download_error})" if download_error else "")) from None
+    except OSError as exc:
+        raise FileReadError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise NotARegularFileError(path, "directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFileError(path, "special file")
+        if st.st_size > max_bytes:
+            raise FileTooLargeError(path, st.st_size, max_bytes)
+        return os.read(fd, max_bytes)
+    finally:
+        os.close(fd)

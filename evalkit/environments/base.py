@@ -9,7 +9,7 @@ container made.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -77,6 +77,19 @@ class EnvironmentSpec:
     """`agent`, or `verifier` for a separate verifier's environment of the same try (named and labelled apart)."""
 
 
+@dataclass(frozen=True)
+class DownloadTarget:
+    """Where one container directory goes on the host, and how much of it may come."""
+
+    target_dir: Path
+    max_bytes: int
+    """File data taken at most; what does not fit is listed and left behind."""
+    max_files: int
+    """Entries (files and directories) taken at most."""
+    reserved: frozenset[str] = frozenset()
+    """Top-level names that belong to the host (a trajectory, a verdict): never copied."""
+
+
 class FileReadError(Exception):
     """`read_file` could not return the file's bytes; the message names the path and says why."""
 
@@ -96,6 +109,11 @@ class FileTooLargeError(FileReadError):
     def __init__(self, path: str, size: int, max_bytes: int) -> None:
         super().__init__(f"{path} is larger than {max_bytes} bytes ({size})")
         self.size = size
+
+
+class FileReader(Protocol):
+    async def read_file(self, path: str, *, max_bytes: int) -> bytes:
+        """One regular file's bytes. Raises `FileMissingError`, `NotARegularFileError` or `FileTooLargeError`."""
 
 
 class Environment(Protocol):
@@ -134,6 +152,10 @@ class Environment(Protocol):
         kept inside `target_dir`, files already there never overwritten, at most `max_bytes` of file data
         and `max_files` entries (files and directories). Top-level names in `reserved` belong to the host
         (a trajectory, a verdict) and are never copied, present or not. Works on a stopped container too."""
+
+    async def download_many(self, source_dir: str, routes: Mapping[str, DownloadTarget]) -> dict[str, DownloadReport]:
+        """`download` of several subdirectories of `source_dir` (by name) at once, each to its own target
+        with its own caps: one transfer where the backend can (`/logs` after the verifier)."""
 
     async def kill_agent_processes(self, *, then_empty: Collection[str] = ()) -> int:
         """Kill every process that was not running right after `start` (daemons that called `setsid`

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,10 +22,17 @@ import aiodocker
 import aiohttp
 
 from evalkit.cleanup import uncancellable
-from evalkit.environments.archive import CHUNK, extraction_reader, read_tar_stream, single_file_reader
+from evalkit.environments.archive import (
+    CHUNK,
+    extraction_reader,
+    read_tar_stream,
+    routed_extraction_reader,
+    single_file_reader,
+)
 from evalkit.environments.compose import KEEP_ALIVE, MAIN, ComposeProject, Service
 from evalkit.environments.base import (
     LOG_DIRS,
+    DownloadTarget,
     EnvironmentSpec,
     ExecResult,
     FileMissingError,
@@ -776,6 +783,26 @@ class DockerEnvironment:
                     return await read_tar_stream(chunks, reader)
         except (FileMissingError, ContainerLostError, DockerUnavailableError, aiodocker.DockerError) as exc:
             return DownloadReport(error=str(exc))
+
+    async def download_many(self, source_dir: str, routes: Mapping[str, DownloadTarget]) -> dict[str, DownloadReport]:
+        """One archive of `source_dir` split into its routes. A route that hits its cap stops the transfer
+        (its size would otherwise be ours to read); the routes after it are then fetched on their own."""
+        reader = routed_extraction_reader(routes)
+        try:
+            with engine_errors(f"copying {source_dir} out"):
+                async with self._archive(source_dir) as chunks:
+                    done = await read_tar_stream(chunks, reader)
+        except (FileMissingError, ContainerLostError, DockerUnavailableError, aiodocker.DockerError) as exc:
+            return {name: DownloadReport(error=str(exc)) for name in routes}
+        reports = done.reports
+        for name in routes:
+            if name in done.unfinished:
+                target = routes[name]
+                reports[name] = await self.download(f"{source_dir}/{name}", target.target_dir, max_bytes=target.max_bytes,
+                                                    max_files=target.max_files, reserved=target.reserved)
+            elif name not in done.seen and not reports[name].error:
+                reports[name].error = f"{source_dir}/{name} does not exist"
+        return reports
 
     async def stop(self) -> None:
         containers = [c for c in (self._container, *self._others.values()) if c is not None]
