@@ -31,9 +31,11 @@ async def evaluate(
     *,
     overrides: dict[str, Any] | None = None,
     on_progress: ProgressCallback | None = None,
+    retry_errors: list[str] | None = None,
 ) -> JobResult:
-    """Run (or resume) a job to the end and return its summary and trial results."""
-    job = Job(as_config(config, overrides), on_progress=on_progress)
+    """Run (or resume) a job to the end and return its summary and trial results. `retry_errors` runs again
+    the trials whose final try ended in an error of those types or kinds (`[]`: any), keeping every try."""
+    job = Job(as_config(config, overrides), on_progress=on_progress, retry_errors=retry_errors)
     try:
         await job.prepare()
         for name, problem in job.task_errors.items():

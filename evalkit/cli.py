@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import ConfigError, EvalkitError
 
 EXIT_OK, EXIT_TRIAL_ERRORS, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -43,12 +43,39 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("run", help="run (or resume) a job from a config file")
     p.add_argument("config", help="path to the job's config.yaml")
     p.add_argument("--job-name", help="override job_name (a new name starts a new job)")
-    p.add_argument("--n-concurrent", type=int, help="trials in flight at once")
+    p.add_argument("--n-concurrent", type=_concurrency, help="tries in flight at once, or `auto`")
     p.add_argument("--n-tasks", type=int, help="run only the first N selected tasks")
     p.add_argument("--n-attempts", type=int, help="attempts per task")
     p.add_argument("--agent", help="agent name (oracle, nop, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    p.add_argument(
+        "--retry-errors", nargs="*", metavar="TYPE",
+        help="run again the trials whose final try ended in an error of these types or kinds "
+             "(e.g. ImagePullError, infrastructure; none named: any error), keeping every earlier try",
+    )
     p.set_defaults(handler=_run_command)
+
+
+def _concurrency(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
+def retry_error_names(names: list[str]) -> list[str]:
+    """`--retry-errors` arguments checked against the error types and kinds evalkit records."""
+    from evalkit.errors import ERROR_KINDS, TRIAL_ERROR_TYPES
+
+    unknown = [n for n in names if n not in TRIAL_ERROR_TYPES and n not in ERROR_KINDS]
+    if unknown:
+        raise ConfigError(
+            f"--retry-errors: unknown error type or kind {', '.join(map(repr, unknown))}; "
+            f"kinds: {', '.join(ERROR_KINDS)}; types: {', '.join(TRIAL_ERROR_TYPES)}"
+        )
+    return names
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -68,10 +95,11 @@ def _run_command(args: argparse.Namespace) -> int:
     }
     try:
         config = load_config(args.config, overrides)
+        retry_errors = None if args.retry_errors is None else retry_error_names(args.retry_errors)
     except EvalkitError as exc:
         print(f"evalkit: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    return run_main(run_with_progress(config, quiet=args.quiet))
+    return run_main(run_with_progress(config, quiet=args.quiet, retry_errors=retry_errors))
 
 
 def _add_clean_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -51,7 +51,17 @@ class EnvironmentConfig(StrictModel):
     """Network for tasks that allow it (`no-network` tasks always get `none`). `host` keeps traffic on this
     machine's interfaces; bridge networks are deliberately not offered."""
     n_concurrent_builds: int = Field(default=1, ge=1)
-    """Image builds in flight at once, separate from trials so a slow build does not idle running agents."""
+    """Image builds in flight at once. Images are prepared ahead of the trials that need them, so agents
+    never wait for a build in their slot."""
+    n_concurrent_pulls: int = Field(default=2, ge=1)
+    """Image pulls (prebuilt `docker_image`s, `FROM` bases) in flight at once."""
+    pull_timeout_sec: float = Field(default=1800.0, gt=0)
+    """One pull's limit; a failed or timed-out pull is retried twice with backoff, then an `ImagePullError`."""
+    image_cache_gb: float | None = Field(default=None, ge=0)
+    """Disk for the images this job builds or pulls: beyond it, images no pending trial needs are evicted,
+    least recently used first. Default: half the free disk where the engine keeps its images."""
+    outage_timeout_sec: float = Field(default=600.0, gt=0)
+    """How long the job waits for a Docker engine that went away (stopped, restarting) before it stops."""
     ca_bundle: str | None = None
     """Host CA bundle mounted read-only into every container (TLS-inspecting networks, private mirrors)."""
     keep_containers: bool = False
@@ -136,10 +146,14 @@ class JobConfig(StrictModel):
     """Where job directories live (relative to the config file)."""
     n_attempts: int = Field(default=1, ge=1)
     """Independent attempts per task (pass@k needs k ≤ n_attempts)."""
-    n_concurrent: int = Field(default=4, ge=1)
-    """Trials in flight at once."""
+    n_concurrent: Literal["auto"] | int = 4
+    """Tries in flight at once, or `auto`: grown and shrunk from the engine's and the host's health (up to
+    `n_concurrent_max`), the level over time recorded in `results.json`."""
+    n_concurrent_max: int = Field(default=64, ge=1)
+    """The ceiling of `n_concurrent: auto`."""
     dataset: DatasetConfig
     agent: AgentConfig = AgentConfig()
+
     environment: EnvironmentConfig = EnvironmentConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     retry: RetryConfig = RetryConfig()
@@ -147,6 +161,13 @@ class JobConfig(StrictModel):
     """The model behind the per-job gateway; needed only by agents that call a model."""
     after_run: PostRunConfig = PostRunConfig()
     """Analysis and archiving after `evalkit run` (the CLI; `evaluate()` leaves both to the caller)."""
+
+    @field_validator("n_concurrent", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("expected a whole number ≥ 1 or 'auto'")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="<config>")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 ErrorKind = Literal["infrastructure", "agent", "verifier", "task"]
+ERROR_KINDS: tuple[str, ...] = ("infrastructure", "agent", "verifier", "task")
 """Whose failure: the machine's, the agent's, the verifier's, or the task's. Only `infrastructure` says
 nothing about the agent, so only it is retried by default."""
 

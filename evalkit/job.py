@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,10 +28,12 @@ from pydantic import ValidationError
 from evalkit.adapters.harbor import TaskRef, resolve_tasks
 from evalkit.agents import create_agent
 from evalkit.cleanup import uncancellable
+from evalkit.concurrency import AdaptiveConcurrency, Limiter
 from evalkit.config import SECRET_MARK, JobConfig
 from evalkit.environments import Environment, EnvironmentBackend, EnvironmentSpec, JobIdentity, Mount, Resources, connect_backend
 from evalkit.errors import (
     ConfigError,
+    DockerUnavailableError,
     EvalkitError,
     InfrastructureError,
     JobFailedError,
@@ -41,6 +44,7 @@ from evalkit.gateway import Gateway
 from evalkit.lock import JobLock
 from evalkit.metrics import mean_pass_at_k, passed, phase_stats
 from evalkit.results import (
+    ImageSummary,
     JobSummary,
     TaskSummary,
     TrialResult,
@@ -72,6 +76,8 @@ class Trial:
     problem: TrialError | None = None
     tries: list[TrialResult] = field(default_factory=list)
     next_try: int = 0
+    reopened_at: int = 0
+    """`--retry-errors`: tries before this index ended the trial once; it runs again, keeping them."""
 
     @property
     def name(self) -> str:
@@ -79,13 +85,13 @@ class Trial:
 
     @property
     def retries(self) -> int:
-        """Tries so far that scheduled another."""
-        return sum(1 for r in self.tries if r.will_retry)
+        """Tries since the trial (re)opened that scheduled another."""
+        return sum(1 for r in self.tries[self.reopened_at:] if r.will_retry and not r.outage)
 
     @property
     def final(self) -> TrialResult | None:
         """The last finished try, if no further try is due."""
-        if self.tries and not self.tries[-1].will_retry:
+        if len(self.tries) > self.reopened_at and not self.tries[-1].will_retry:
             return self.tries[-1]
         return None
 
@@ -113,6 +119,11 @@ class Progress:
 
 
 ProgressCallback = Callable[[TrialResult, Progress], None]
+IMAGE_LOGS = "images"
+"""`<job>/images/<task>.log`: the build or pull of each task's image, made ahead of its trials."""
+LOOKAHEAD_FACTOR = 2
+LOOKAHEAD_MIN = 8
+"""Trials whose images are prepared ahead of the running ones: at most max(LOOKAHEAD_MIN, factor × slots)."""
 SUMMARY_INTERVAL_SEC = 1.0
 """`results.json` is rewritten at most this often while running (and always at the end)."""
 
@@ -130,8 +141,12 @@ class Job:
     """`prepare()` takes the job's lock and reads everything; `run()` runs and releases it. A caller that
     prepares and then does not run calls `close()`."""
 
-    def __init__(self, config: JobConfig, *, on_progress: ProgressCallback | None = None) -> None:
+    def __init__(self, config: JobConfig, *, on_progress: ProgressCallback | None = None,
+                 retry_errors: Collection[str] | None = None) -> None:
         self.config = config
+        self.retry_errors = retry_errors
+        """`--retry-errors`: rerun trials whose final try ended in an error of these types or kinds (empty:
+        any error), keeping every earlier try; None: finished trials stay finished."""
         self.job_dir = config.job_dir
         self.on_progress = on_progress
         self.job_id = ""
@@ -149,6 +164,11 @@ class Job:
         self._failure: str | None = None
         self._salt = ""
         """Per job, stored in job.json: secrets in the identity are hashed with it."""
+        self._concurrency: AdaptiveConcurrency | None = None
+        self._images: ImageSummary | None = None
+        self._window_releases: dict[str, Callable[[], None]] = {}
+        """Per trial whose image is prepared ahead: gives its look-ahead place to the next trial."""
+        self._stoppers: list[Callable[[], object]] = []
 
     # ----------------------------------------------------------------------------------------- preparation
 
@@ -187,7 +207,15 @@ class Job:
         }
         self.task_warnings = {ref.name: list(task.warnings) for ref, (task, _) in zip(refs, loaded) if task and task.warnings}
         await asyncio.to_thread(self._load_tries)
+        if self.retry_errors is not None:
+            self._reopen_errored(self.retry_errors)
         await asyncio.to_thread(self._write_job_files, stored)
+
+    def _reopen_errored(self, wanted: Collection[str]) -> None:
+        for trial in self.trials:
+            error = trial.final and trial.final.error
+            if error and (not wanted or error.type in wanted or error.kind in wanted):
+                trial.reopened_at = len(trial.tries)
 
     def close(self) -> None:
         """Release the job's lock (idempotent)."""
@@ -294,6 +322,8 @@ class Job:
                     backend = await connect_backend(self.config.environment, self.identity)
                     stack.push_async_callback(backend.close)
                     await backend.sweep()
+                else:
+                    await self._sweep_quietly()
                 gateway = None
                 if self.config.llm_api is not None and backend is not None:
                     llm_api = await stack.enter_async_context(  # Mode B: start the model servers it names
@@ -304,11 +334,17 @@ class Job:
                     )
                 status = "interrupted"
                 await self._write_summary("running")
-                slots = asyncio.Semaphore(self.config.n_concurrent)
                 try:
                     async with asyncio.TaskGroup() as group:
-                        for trial in pending:
-                            group.create_task(self._run_trial(trial, backend, gateway, slots))
+                        slots = self._slots(group, backend)
+                        ready = self._prepare_ahead(group, backend, pending, slots.limit)
+                        if backend is not None:
+                            self._images = backend.image_summary
+                        async with asyncio.TaskGroup() as trials:
+                            for trial in pending:
+                                trials.create_task(self._run_trial(trial, backend, gateway, slots, ready.get(trial.name)))
+                        for stop in self._stoppers:
+                            stop()
                 except BaseExceptionGroup as failures:
                     raise _first_evalkit_error(failures) from None
             status = "finished"
@@ -321,8 +357,66 @@ class Job:
                 await uncancellable(self._write_final(status))
         return JobResult(job_dir=self.job_dir, summary=self.summary(status), trials=[t.final for t in self.trials if t.final])
 
+    async def _sweep_quietly(self) -> None:
+        """Nothing to run: still remove what an earlier run left (an engine restart, a failed removal), if
+        the engine answers; a resume of a finished job never needs it to."""
+        try:
+            backend = await connect_backend(self.config.environment, self.identity)
+        except EvalkitError:
+            return
+        try:
+            await backend.sweep()
+        except Exception as exc:  # best effort: the job itself is done
+            log.warning("could not remove leftover containers: %s", exc)
+        finally:
+            await backend.close()
+
+    def _slots(self, group: asyncio.TaskGroup, backend: EnvironmentBackend | None) -> Limiter:
+        """The tries-in-flight limit: fixed, or steered by health (`n_concurrent: auto`)."""
+        if self.config.n_concurrent != "auto":
+            return Limiter(self.config.n_concurrent)
+        ceiling = self.config.n_concurrent_max
+        limiter = Limiter(min(ceiling, 2 * (os.cpu_count() or 1)))
+        if backend is not None:
+            self._concurrency = AdaptiveConcurrency(limiter, backend.health, ceiling=ceiling)
+            controller = group.create_task(self._concurrency.run())
+            self._stoppers.append(controller.cancel)
+        return limiter
+
+    def _prepare_ahead(self, group: asyncio.TaskGroup, backend: EnvironmentBackend | None, pending: list[Trial],
+                       n_slots: int) -> dict[str, asyncio.Event]:
+        """Images are made ready ahead of the trials, in trial order, at most LOOKAHEAD_FACTOR × the slots
+        ahead of the tries running: a trial takes a slot only once its image is ready, so agents never
+        wait in a slot for a build. The backend holds each image until its trials are final."""
+        runnable = [t for t in pending if t.task is not None]
+        if backend is None or not runnable:
+            return {}
+        window = asyncio.Semaphore(max(LOOKAHEAD_MIN, LOOKAHEAD_FACTOR * n_slots))
+        ready = {t.name: asyncio.Event() for t in runnable}
+
+        async def prepare(trial: Trial) -> None:
+            assert trial.task is not None and backend is not None
+            try:
+                await backend.available()
+                await backend.prepare(trial.task, timeout_sec=phase_timeouts(trial.task, self.config.timeouts).build,
+                                      log_path=self.job_dir / IMAGE_LOGS / f"{trial.ref.name}.log")
+            except TrialError as exc:  # the trial's try meets the same error, typed, in its environment phase
+                log.info("preparing the image of %s failed: %s", trial.name, exc)
+            finally:
+                ready[trial.name].set()
+
+        async def feed() -> None:
+            async with asyncio.TaskGroup() as preparing:
+                for trial in runnable:
+                    await window.acquire()
+                    self._window_releases[trial.name] = window.release
+                    preparing.create_task(prepare(trial))
+
+        group.create_task(feed())
+        return ready
+
     async def _run_trial(self, trial: Trial, backend: EnvironmentBackend | None, gateway: Gateway | None,
-                         slots: asyncio.Semaphore) -> None:
+                         slots: Limiter, ready: asyncio.Event | None) -> None:
         if trial.problem is not None:
             spec = self._try_spec(trial)
             await self._record(trial, await record_without_container(spec, trial.ref.name, self.config.agent.name, trial.problem))
@@ -330,16 +424,29 @@ class Job:
         assert trial.task is not None and backend is not None
         agent = create_agent(self.config.agent.name, self.config.agent.kwargs)
         timeouts = phase_timeouts(trial.task, self.config.timeouts)
-        while trial.final is None:
-            if trial.tries and trial.tries[-1].will_retry:
-                await asyncio.sleep(self._backoff(trial))
-            async with slots:
-                spec = self._try_spec(trial)
-                environment_spec = self._environment_spec(trial.task, spec, timeouts)
-                env = backend.environment(trial.task, environment_spec)
-                result = await run_try(spec, env, agent, timeouts, gateway, retry_if=lambda r: self._should_retry(trial, r),
-                                       verifier_environments=_verifier_environments(backend, environment_spec))
-            await self._record(trial, result)
+        try:
+            if ready is not None:
+                await ready.wait()
+            while trial.final is None:
+                if trial.tries and trial.tries[-1].will_retry and not trial.tries[-1].outage:
+                    await asyncio.sleep(self._backoff(trial))
+                await backend.available()  # an engine that went away pauses the queue
+                async with slots:
+                    if (release_window := self._window_releases.pop(trial.name, None)) is not None:
+                        release_window()
+                    spec = self._try_spec(trial)
+                    environment_spec = self._environment_spec(trial.task, spec, timeouts)
+                    env = backend.environment(trial.task, environment_spec)
+                    outages = backend.outages
+                    result = await run_try(spec, env, agent, timeouts, gateway,
+                                           retry_if=lambda r: self._retry_decision(trial, r, backend, outages),
+                                           verifier_environments=_verifier_environments(backend, environment_spec))
+                await self._record(trial, result)
+        finally:
+            if (release_window := self._window_releases.pop(trial.name, None)) is not None:
+                release_window()
+            if ready is not None:
+                await uncancellable(backend.release(trial.task))
 
     def _try_spec(self, trial: Trial) -> TrySpec:
         name = trial.name if trial.next_try == 0 else f"{trial.name}-try{trial.next_try}"
@@ -387,7 +494,20 @@ class Job:
             except Exception as exc:
                 raise JobFailedError(f"the progress callback raised {type(exc).__name__}: {exc}") from exc
 
-    def _should_retry(self, trial: Trial, result: TrialResult) -> bool:
+    async def _retry_decision(self, trial: Trial, result: TrialResult, backend: EnvironmentBackend, outages: int) -> bool:
+        """Whether another try follows this one. A try that failed while the engine went away (stopped,
+        restarted) is the machine's failure whatever it looked like from inside (a killed agent, a lost
+        container): it is recorded as DockerUnavailableError and run again once the engine is back, without
+        using up the trial's retries."""
+        if result.error is not None:
+            if backend.outages != outages or not await backend.answers():
+                if result.error.type != DockerUnavailableError.__name__:
+                    result.error = result.error.model_copy(update={
+                        "type": DockerUnavailableError.__name__, "kind": "infrastructure",
+                        "message": f"the Docker engine went away during this try (seen as {result.error.type}: {result.error.message})",
+                    })
+                result.outage = True
+                return True
         retry = self.config.retry
         return result.error is not None and trial.retries < retry.max_retries and retry.should_retry(result.error)
 
@@ -438,6 +558,8 @@ class Job:
             usage=sum_usage(usages) if usages else None,
             task_errors=self.task_errors,
             task_warnings=self.task_warnings,
+            concurrency=self._concurrency.changes if self._concurrency else [],
+            images=self._images,
             tasks={
                 name: TaskSummary(
                     rewards=values,

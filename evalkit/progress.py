@@ -18,10 +18,10 @@ SESSION_LOG = "session.log"
 """evalkit's log records of every `evalkit run` of the job, appended; archived with each run."""
 
 
-async def run_with_progress(config: JobConfig, *, quiet: bool = False) -> int:
+async def run_with_progress(config: JobConfig, *, quiet: bool = False, retry_errors: list[str] | None = None) -> int:
     """Run a job with a progress bar on stderr; returns the CLI exit code (0, or 1 if any trial errored)."""
     console = Console(stderr=True)
-    job = Job(config)
+    job = Job(config, retry_errors=retry_errors)
     await job.prepare()
     with session_log(config.job_dir / SESSION_LOG) as session:
         try:
@@ -65,6 +65,8 @@ async def _run(job: Job, config: JobConfig, console: Console, quiet: bool) -> in
     job.on_progress = on_progress
     if counts.done and not quiet:
         console.print(f"resuming {config.job_name}: {counts.done}/{counts.total} trials already finished")
+    if job.retry_errors is not None and not quiet:
+        console.print(f"running again {sum(1 for t in job.trials if t.reopened_at)} trial(s) that ended in an error")
     with bar:
         result = await job.run()
     if not quiet:

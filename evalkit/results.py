@@ -197,6 +197,9 @@ class TrialResult(BaseModel):
     """Multi-step tasks: each step that ran, in order (`rewards` is then combined from theirs)."""
     warnings: list[str] = []
     """What evalkit ignored in this task (unknown or unimplemented `task.toml` and compose keys), each named."""
+    outage: bool = False
+    """The container engine went away during this try: it was run again once the engine was back, not
+    counted against `retry.max_retries`."""
 
     @property
     def reward(self) -> float | None:
@@ -222,6 +225,27 @@ class TaskSummary(BaseModel):
     mean_reward: float
     n_errors: int
     errors: list[str]
+
+
+class ConcurrencyChange(BaseModel):
+    """A change of the number of tries allowed in flight (`n_concurrent: auto`)."""
+
+    at_sec: float
+    """Seconds since the job started running."""
+    level: int
+    reason: str
+
+
+class ImageSummary(BaseModel):
+    """What the job did with images."""
+
+    built: int = 0
+    pulled: int = 0
+    reused: int = 0
+    """Found already present (an earlier job built it, a base image)."""
+    evicted: int = 0
+    """Removed to stay within `environment.image_cache_gb` once no pending trial needed them."""
+    evicted_mb: float = 0.0
 
 
 class JobSummary(BaseModel):
@@ -259,6 +283,10 @@ class JobSummary(BaseModel):
     """Tasks that could not run at all (broken or unsupported), listed up front: name → `Type: message`."""
     task_warnings: dict[str, list[str]] = {}
     """Tasks that run with something ignored (unknown or unimplemented keys): name → what, once per job."""
+    concurrency: list[ConcurrencyChange] = []
+    """With `n_concurrent: auto`, the level over time (this run of the job)."""
+    images: ImageSummary | None = None
+    """Images built, pulled, reused and evicted in this run of the job."""
     tasks: dict[str, TaskSummary]
     trials: dict[str, str]
     """`task__attempt` → directory name of its final try."""

@@ -55,7 +55,7 @@ from evalkit.verifier import FRESH_DIRS, read_reward, run_tests
 if TYPE_CHECKING:
     from evalkit.gateway import Gateway
 
-TRY_GRACE_SEC = 120.0
+TRY_GRACE_SEC = 240.0
 """Beyond the sum of a try's phase timeouts (and the agent's grace): the engine's own steps (kill, copies,
 removal) must fit in it, or the try is cut (`TryDeadlineError`)."""
 TRAJECTORY_FILE = "litellm-trajectory.jsonl"
@@ -116,13 +116,6 @@ class PhaseTimeouts:
         return sum(parts) + TRY_GRACE_SEC  # type: ignore[arg-type]
 
 
-def _healthcheck_bound(check: HealthcheckConfig) -> float | None:
-    """The longest a healthcheck can take before it passes or fails (None: its runs have no timeout)."""
-    timeout = int(check.timeout_sec)
-    if not timeout:
-        return None
-    return check.start_period_sec + timeout + check.start_interval_sec + check.retries * (timeout + check.interval_sec)
-
     def for_step(self, task: Task, step: TaskStep) -> tuple[float | None, float | None]:
         """A step's agent and verifier limits: `[steps.agent] timeout_sec` else the task's; the step's own
         `[steps.verifier] timeout_sec`, which defaults to 600 s, never to the task's (as in Harbor)."""
@@ -131,6 +124,14 @@ def _healthcheck_bound(check: HealthcheckConfig) -> float | None:
         verifier = t.verifier_sec or step.config.verifier.timeout_sec
         return (None if agent is None else agent * t.multiplier * t.agent_multiplier,
                 verifier * t.multiplier * t.verifier_multiplier)
+
+
+def _healthcheck_bound(check: HealthcheckConfig) -> float | None:
+    """The longest a healthcheck can take before it passes or fails (None: its runs have no timeout)."""
+    timeout = int(check.timeout_sec)
+    if not timeout:
+        return None
+    return check.start_period_sec + timeout + check.start_interval_sec + check.retries * (timeout + check.interval_sec)
 
 
 def phase_timeouts(task: Task, t: TimeoutsConfig) -> PhaseTimeouts:

@@ -7,6 +7,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 from evalkit.environments.base import (
+    BackendHealth,
     Environment,
     EnvironmentBackend,
     DownloadTarget,
@@ -39,6 +40,7 @@ async def connect_backend(config: EnvironmentConfig, job: JobIdentity) -> Enviro
 
 
 __all__ = [
+    "BackendHealth",
     "BACKENDS",
     "Environment",
     "EnvironmentBackend",

@@ -13,6 +13,7 @@ FIFOs and devices are listed in the report, never followed or opened.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import os
 import queue
@@ -42,6 +43,8 @@ MAX_LISTED = 30
 """Skipped entries named in a report; further ones are only counted."""
 _NAME_CHARS = 100
 
+HOST_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""Errors that mean the host cannot take files at all: raised (as OSError), not noted in a report."""
 _END, _ABORT = object(), object()
 _TYPE_NAMES = {
     tarfile.SYMTYPE: "symbolic link",
@@ -300,6 +303,8 @@ class _Extraction:
                         self.stopped = True
                         break
         except OSError as exc:
+            if exc.errno in HOST_FULL:  # the host's disk, not the archive: the caller's failure to handle
+                raise OSError(exc.errno, exc.strerror, str(next(iter(self.routes.values())).target)) from None
             self.fail(f"{type(exc).__name__}: {exc.strerror or exc}")
         except tarfile.TarError as exc:
             self.fail(f"the archive is malformed: {exc}")

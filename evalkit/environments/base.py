@@ -9,12 +9,13 @@ container made.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from evalkit.results import DownloadReport, ResourceEnvelope
+from evalkit.results import DownloadReport, ImageSummary, ResourceEnvelope
 
 if TYPE_CHECKING:
     from evalkit.tasks import Task
@@ -166,13 +167,50 @@ class Environment(Protocol):
         """Remove the environment; idempotent and safe to call on every path, cancelled or not."""
 
 
+@dataclass
+class BackendHealth:
+    """How the engine behind a backend is doing, measured on the calls it actually serves."""
+
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    """Seconds until each recent call was answered (the most recent last)."""
+    calls: int = 0
+    failures: int = 0
+    """Calls that failed for the engine's sake (a 5xx, a lost connection), since the job started."""
+
+    def record(self, seconds: float) -> None:
+        self.calls += 1
+        self.latencies.append(seconds)
+
+
 class EnvironmentBackend(Protocol):
+    outages: int
+    """How many times the engine went away (stopped, restarted) since the backend connected."""
+    health: BackendHealth
+    image_summary: ImageSummary
+    up: bool
+    """False while the engine is away (between noticing it went and seeing it answer again)."""
+
+    async def prepare(self, task: Task, *, timeout_sec: float | None, log_path: Path | None) -> None:
+        """Make `task`'s image ready ahead of its trial (build or pull), and keep it until `release(task)`
+        (once per `prepare`). May wait for room under the image budget. Raises the task's typed error."""
+
+    async def release(self, task: Task) -> None:
+        """One trial that `prepare` was called for is done: its image may be evicted once none needs it."""
+
+    async def available(self) -> None:
+        """Return once the engine answers (at once unless it went away); InfrastructureError if it stays
+        away too long."""
+
+    async def answers(self) -> bool:
+        """Whether the engine answers right now; False starts an outage (new tries wait for `available`)."""
+
     def environment(self, task: Task, spec: EnvironmentSpec) -> Environment:
         """A new, not yet started environment for one try. Raises `ConfigError` for a spec the backend
         cannot honour (mounts on a remote engine)."""
 
-    async def sweep(self) -> int:
-        """Remove what earlier runs of this job left behind (a killed process cannot clean up)."""
+    async def sweep(self, *, stopped_only: bool = False) -> int:
+        """Remove what earlier runs of this job left behind (a killed process cannot clean up);
+        `stopped_only` spares environments still running or being made."""
 
     async def close(self) -> None:
         """Wait for removals under way, then release the connection."""

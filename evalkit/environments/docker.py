@@ -13,6 +13,9 @@ import hashlib
 import logging
 import os
 import re
+import shutil
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -32,13 +35,14 @@ from evalkit.environments.archive import (
 from evalkit.environments.compose import KEEP_ALIVE, MAIN, ComposeProject, Service
 from evalkit.environments.base import (
     LOG_DIRS,
+    BackendHealth,
     DownloadTarget,
     EnvironmentSpec,
     ExecResult,
     FileMissingError,
     JobIdentity,
 )
-from evalkit.environments.images import ImageBuilder, tar_directory
+from evalkit.environments.images import ImageStore, tar_directory
 from evalkit.errors import (
     AgentProcessesSurvivedError,
     ConfigError,
@@ -49,7 +53,7 @@ from evalkit.errors import (
     InfrastructureError,
 )
 from evalkit.lock import job_is_running
-from evalkit.results import DownloadReport, ResourceEnvelope
+from evalkit.results import DownloadReport, ImageSummary, ResourceEnvelope
 from evalkit.tasks import Task
 
 if TYPE_CHECKING:
@@ -74,7 +78,11 @@ _STORAGE_DRIVERS = {"btrfs", "devicemapper", "windowsfilter", "zfs"}
 _KILL_ROUNDS = 200
 _CONTAINER_GONE = ("No such container", "is not running", "stopped state", "is restarting")
 """How the engine says a container is gone, whatever status code it picks (404, 409, 500)."""
-KILL_TIMEOUT_SEC = 30.0
+KILL_TIMEOUT_SEC = 90.0
+"""How long the kill script may take: on a machine loaded far beyond its cores (150 tries on 2 cores)
+one exec can take tens of seconds to be scheduled."""
+ARCHIVES_KEPT = 64
+"""tests/ and solution/ tars kept per job, most recently used first."""
 _KILLED = re.compile(r"killed=(\d+)")
 
 
@@ -87,16 +95,39 @@ def is_local(docker_host: str) -> bool:
     return docker_host.startswith("unix://")
 
 
+class _MeasuredDocker(aiodocker.Docker):
+    """An Engine API client that records how long each call takes to answer and which calls failed: the
+    health signal adaptive concurrency steers by."""
+
+    health: BackendHealth
+
+    async def _do_query(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        try:
+            response = await super()._do_query(*args, **kwargs)
+        except aiodocker.DockerError as exc:
+            if exc.status >= 500 or exc.status == 900:
+                self.health.failures += 1
+            raise
+        except (aiohttp.ClientError, OSError):
+            self.health.failures += 1
+            raise
+        self.health.record(time.monotonic() - started)
+        return response
+
+
 async def open_client(docker_host: str | None) -> aiodocker.Docker:
-    """A connection to the engine that answers; InfrastructureError if it does not."""
+    """A connection to the engine that answers; InfrastructureError if it does not. The connection pool is
+    unbounded: long-running execs hold connections, and a kill must never wait for one."""
     host = docker_host or default_docker_host()
     try:
         if is_local(host):
-            # Unbounded pool: long-running execs hold connections, and a kill must never wait for one.
-            client = aiodocker.Docker(url=host, connector=aiohttp.UnixConnector(host.removeprefix("unix://"), limit=0))
+            client = _MeasuredDocker(url=host, connector=aiohttp.UnixConnector(host.removeprefix("unix://"), limit=0))
             client.docker_host = "unix://localhost"  # what aiodocker sets when it makes the connector itself
         else:
-            client = aiodocker.Docker(url=host)
+            client = _MeasuredDocker(url=host, connector=aiohttp.TCPConnector(limit=0))
+            client.docker_host = host.replace("tcp://", "http://", 1)
+        client.health = BackendHealth()
     except (ValueError, OSError) as exc:
         raise InfrastructureError(f"cannot use Docker engine address {host!r}: {exc}") from None
     try:
@@ -136,20 +167,32 @@ def engine_errors(doing: str) -> Iterator[None]:
 
 
 class DockerBackend:
-    """One job's connection to a Docker engine. Create with `await DockerBackend.connect(...)`."""
+    """One job's connection to a Docker engine. Create with `await DockerBackend.connect(...)`.
 
-    def __init__(self, client: aiodocker.Docker, job: JobIdentity, *, host: str, n_concurrent_builds: int,
-                 storage_capable: bool) -> None:
+    Besides containers it owns the job's images (prepared ahead, evicted under the budget) and a watch on
+    the engine: a lost connection (the daemon stopped or restarted) bumps `outages`, and `available()`
+    waits, with backoff, until the engine answers again."""
+
+    def __init__(self, client: aiodocker.Docker, job: JobIdentity, *, host: str, images: ImageStore,
+                 storage_capable: bool, outage_timeout_sec: float = 600.0) -> None:
         self.client = client
         self.job = job
         self.host = host
         self.local = is_local(host)
-        self.images = ImageBuilder(client, n_concurrent=n_concurrent_builds, job_name=job.job_name)
+        self.images = images
         self.storage_capable = storage_capable
         """Whether `StorageOpt` size limits work on this engine; found once, corrected by the first refusal."""
-        self._archives: dict[tuple[Path, str], asyncio.Task[bytes]] = {}
+        self.outage_timeout_sec = outage_timeout_sec
+        self.outages = 0
+        """How many times the engine went away since the job started (a restart counts)."""
+        self._up = asyncio.Event()
+        self._up.set()
+        self._suspect = asyncio.Event()
+        """Set by a failed `answers()`: the watch stops trusting its event stream."""
+        self._archives: OrderedDict[tuple[Path, str], asyncio.Task[bytes]] = OrderedDict()
         self._removals: set[asyncio.Task[None]] = set()
         self._entrypoints: dict[str, list[str]] = {}
+        self._watch = asyncio.ensure_future(self._watch_engine())
 
     @classmethod
     async def connect(cls, config: EnvironmentConfig, job: JobIdentity) -> DockerBackend:
@@ -157,6 +200,7 @@ class DockerBackend:
         client = await open_client(host)
         try:
             info = await client.system.info()
+            version = await client.version()
         except (aiodocker.DockerError, aiohttp.ClientError) as exc:
             await close_client(client)
             raise InfrastructureError(f"the Docker engine at {host} does not describe itself: {exc}") from None
@@ -164,8 +208,20 @@ class DockerBackend:
         storage_capable = info.get("Driver") in _STORAGE_DRIVERS or (
             info.get("Driver") == "overlay2" and driver_status.get("Backing Filesystem") == "xfs"
         )
-        return cls(client, job, host=host, n_concurrent_builds=config.n_concurrent_builds,
-                   storage_capable=storage_capable)
+        api = tuple(int(part) for part in str(version.get("ApiVersion", "1.0")).split(".")[:2])
+        images = ImageStore(
+            client,
+            job_id=job.job_id,
+            job_name=job.job_name,
+            n_builds=config.n_concurrent_builds,
+            n_pulls=config.n_concurrent_pulls,
+            pull_timeout_sec=config.pull_timeout_sec,
+            budget_bytes=image_budget(config.image_cache_gb, info.get("DockerRootDir") if is_local(host) else None),
+            buildkit=api >= (1, 39) and info.get("OSType", "linux") == "linux",
+            engine=str(version.get("Version", "")),
+        )
+        return cls(client, job, host=host, images=images, storage_capable=storage_capable,
+                   outage_timeout_sec=config.outage_timeout_sec)
 
     def environment(self, task: Task, spec: EnvironmentSpec) -> DockerEnvironment:
         if spec.mounts and not self.local:
@@ -176,21 +232,129 @@ class DockerBackend:
             )
         return DockerEnvironment(self, task, spec)
 
-    async def sweep(self) -> int:
-        """Remove every container of this job id (left by a killed run of it); other jobs' are untouched."""
-        label = {"label": [f"{LABEL_JOB_ID}={self.job.job_id}"]}
-        containers = await self.client.containers.list(all=True, filters=label)
+    async def prepare(self, task: Task, *, timeout_sec: float | None, log_path: Path | None) -> None:
+        """Every image a try of `task` runs (its own, compose sidecars', a separate verifier's), held."""
+        await asyncio.gather(*(
+            self.images.prepare(view, timeout_sec=timeout_sec,
+                                log_path=Path(os.devnull) if log_path is None else _view_log(log_path, part))
+            for part, view in image_views(task)
+        ))
+
+    async def release(self, task: Task) -> None:
+        for _, view in image_views(task):
+            await self.images.release(view)
+
+    @property
+    def up(self) -> bool:
+        return self._up.is_set()
+
+    @property
+    def image_summary(self) -> ImageSummary:
+        return self.images.stats
+
+    @property
+    def health(self) -> BackendHealth:
+        return self.client.health  # type: ignore[attr-defined, no-any-return]
+
+    async def available(self) -> None:
+        """Return once the engine answers (at once, unless it went away); InfrastructureError when it has
+        not come back within `outage_timeout_sec`."""
+        if self._up.is_set():
+            return
+        try:
+            async with asyncio.timeout(self.outage_timeout_sec):
+                await self._up.wait()
+        except TimeoutError:
+            raise InfrastructureError(
+                f"the Docker engine at {self.host} has not answered for {self.outage_timeout_sec:g} s "
+                "(environment.outage_timeout_sec); finished tries are kept, run the job again to resume it"
+            ) from None
+
+    async def answers(self) -> bool:
+        """Whether the engine answers a ping now (a new connection, within seconds). When it does not, an
+        outage starts here: new tries wait, and the watch waits for the engine to come back."""
+        if not self._up.is_set():
+            return False
+        if await self._ping():
+            return True
+        self._suspect.set()
+        if self._up.is_set():
+            self._lost()
+        return False
+
+    def _lost(self) -> None:
+        self.outages += 1
+        self._up.clear()
+        logger.warning("the Docker engine at %s went away; new tries wait until it answers", self.host)
+
+    async def _ping(self) -> bool:
+        try:
+            async with asyncio.timeout(5):
+                async with self.client._query("_ping", versioned_api=False) as response:
+                    await response.read()
+            return True
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+    async def _watch_engine(self) -> None:
+        """Hold an event stream open: the daemon closes it when it stops, so even a quick restart is seen
+        (and `answers()` reports a refused connection sooner, while a stopping daemon still holds it). Then
+        ping with backoff until the engine answers, and remove what the outage left of this job's tries."""
+        while True:
+            stream = asyncio.ensure_future(self._follow_events())
+            suspect = asyncio.ensure_future(self._suspect.wait())
+            try:
+                await asyncio.wait([stream, suspect], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (stream, suspect):
+                    task.cancel()
+                await asyncio.wait([stream, suspect])
+            self._suspect.clear()
+            if self._up.is_set():
+                self._lost()
+            delay = 0.2
+            while not await self._ping():
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+            logger.warning("the Docker engine at %s answers again", self.host)
+            self._up.set()
+            try:
+                await self.sweep(stopped_only=True)
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+                logger.warning("could not remove containers the outage left: %s", exc)
+
+    async def _follow_events(self) -> None:
+        try:
+            async with self.client._query("events", params={"filters": '{"type":["daemon"]}'}, timeout=None) as response:
+                async for _ in response.content:
+                    pass
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError):
+            pass
+
+    async def sweep(self, *, stopped_only: bool = False) -> int:
+        """Remove every container of this job id (left by a killed run of it, or stopped by an engine
+        restart); other jobs' are untouched. `stopped_only` spares those still running or being made."""
+        filters: dict[str, list[str]] = {"label": [f"{LABEL_JOB_ID}={self.job.job_id}"]}
+        if stopped_only:
+            filters["status"] = ["exited", "dead"]
+        containers = await self.client.containers.list(all=True, filters=filters)
         await asyncio.gather(*(_remove(c) for c in containers))
-        for volume in (await self.client.volumes.list(filters=label)).get("Volumes") or []:
-            await _remove_volume(self.client, volume["Name"])
+        if not stopped_only:  # compose volumes of the job's tries (one in use is left, logged)
+            label = {"label": filters["label"]}
+            for volume in (await self.client.volumes.list(filters=label)).get("Volumes") or []:
+                await _remove_volume(self.client, volume["Name"])
         return len(containers)
 
     async def close(self) -> None:
         """Wait for every container removal still under way, then close the connection."""
+        self._watch.cancel()
         for task in self._archives.values():
             task.cancel()
         try:
             await uncancellable(asyncio.gather(*self._removals))
+            await uncancellable(asyncio.wait([self._watch]))
+            if self._up.is_set():  # what the last removals kept in use can go now
+                await uncancellable(self.images.fit())
         finally:
             await close_client(self.client)
 
@@ -213,24 +377,29 @@ class DockerBackend:
             self._entrypoints[image] = (await self.client.images.inspect(image)).get("Config", {}).get("Entrypoint") or []
         return self._entrypoints[image]
 
-    @staticmethod
-    async def _remove_logged(container: aiodocker.containers.DockerContainer) -> None:
+    async def _remove_logged(self, container: aiodocker.containers.DockerContainer) -> None:
         for delay in (1, 2, 4, None):  # a container with thousands of processes can outlast one kill
             try:
                 await _remove(container)
                 return
             except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
                 if delay is None:
-                    # Labelled with its job id: the next run of the job (or `evalkit clean`) removes it.
+                    # Labelled with its job id: swept when the engine is back, by the next run of the job,
+                    # or by `evalkit clean`.
                     logger.warning("could not remove container %s: %s", container.id[:12], exc)
                     return
                 await asyncio.sleep(delay)
+                await self._up.wait()
 
     async def archive(self, source: Path, target: str) -> bytes:
-        """A tar of `source` laid out under `target`, built once per job in a thread (tests/, solution/)."""
+        """A tar of `source` laid out under `target` (tests/, solution/), built once in a thread and kept
+        for the next tries while it is among the most recently used (memory does not grow with tasks)."""
         key = (source, target)
         if key not in self._archives:
             self._archives[key] = asyncio.ensure_future(asyncio.to_thread(tar_directory, source, target.strip("/")))
+            while len(self._archives) > ARCHIVES_KEPT:
+                self._archives.popitem(last=False)[1].cancel()
+        self._archives.move_to_end(key)
         return await asyncio.shield(self._archives[key])
 
     def labels(self, spec: EnvironmentSpec, service: str = MAIN) -> dict[str, str]:
@@ -243,6 +412,37 @@ class DockerBackend:
             LABEL_ROLE: spec.role,
             LABEL_SERVICE: service,
         }
+
+
+def image_views(task: Task) -> list[tuple[str, Task]]:
+    """Every image a try of `task` runs, named by its part (`main`, a compose sidecar, `verifier` or
+    `verifier-<step>`), each as a view of the task the image store treats like any task environment."""
+    views = [(MAIN, task)]
+    for service in task.compose.sidecars if task.compose is not None else ():
+        views.append((service.name, task.with_image(context=service.build_context, docker_image=service.image)))
+    plans = [(f"verifier-{step.name}", task.verifier_plan(step)) for step in task.steps] or [("verifier", task.verifier_plan())]
+    for part, plan in plans:
+        if plan.separate:
+            views.append((part, task.with_image(context=plan.image_context, docker_image=plan.docker_image,
+                                                environment=plan.environment)))
+    return views
+
+
+def _view_log(log: Path, part: str) -> Path:
+    return log if part == MAIN else log.with_name(f"{log.stem}.{part}.log")
+
+
+def image_budget(image_cache_gb: float | None, data_root: str | None) -> int | None:
+    """`environment.image_cache_gb`, or half the free disk where the engine keeps images (when that is
+    this machine); None (no budget) when neither is known."""
+    if image_cache_gb is not None:
+        return int(image_cache_gb * 1e9)
+    if data_root is None:
+        return None
+    try:
+        return shutil.disk_usage(data_root).free // 2
+    except OSError:
+        return None
 
 
 def container_name(job_id: str, try_name: str, role: str = "agent", service: str = MAIN) -> str:
@@ -409,7 +609,16 @@ class DockerEnvironment:
                     if self.task.compose is not None:
                         storage_enforced = await self._start_pod(self.task.compose, images)
                     else:
-                        self._container, storage_enforced = await self._create(lambda storage: self._create_config(images[MAIN], storage=storage))
+                        try:
+                            self._container, storage_enforced = await self._create(lambda storage: self._create_config(images[MAIN], storage=storage))
+                        except aiodocker.DockerError as exc:
+                            if exc.status != 404 or "image" not in exc.message.lower():
+                                raise
+                            # Evicted by another job between ensure and create: make it again, once.
+                            self.backend.images.forget(images[MAIN])
+                            images[MAIN] = await self.backend.images.ensure(self.task, timeout_sec=self.spec.build_timeout_sec,
+                                                                            log_path=self._build_log())
+                            self._container, storage_enforced = await self._create(lambda storage: self._create_config(images[MAIN], storage=storage))
                         await self._container.start()
                     settle = await self._runs_entrypoint(images[MAIN])
                     setup = await self._run_quietly(_START, "1" if settle else "0", *LOG_DIRS)
