@@ -40,7 +40,7 @@ def test_wrong_type_names_the_key_and_the_value(tmp_path: Path):
     path.write_text("job_name: x\nn_concurrent: four\ndataset:\n  name: evalkit-smoke\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert f"{path}:2: n_concurrent: Input should be a valid integer, unable to parse string as an integer (got 'four')" in str(info.value)
+    assert f"{path}:2: n_concurrent: Value error, expected a whole number ≥ 1 or 'auto' (got 'four')" in str(info.value)
     result = run_cli("run", str(path))
     assert result.returncode == 2 and "n_concurrent" in result.stderr
 

@@ -247,10 +247,12 @@ async def test_image_built_once_across_trials_and_jobs(tmp_path: Path):
     config = {"jobs_dir": str(tmp_path / "jobs"), "n_attempts": 3, "n_concurrent": 3, "dataset": {"path": str(tmp_path / "tasks")}}
     first = await evaluate({**config, "job_name": f"engine-build-a-{marker[:6]}"})
     assert first.summary.mean_reward == 1.0
-    assert len(list(first.job_dir.glob("*/environment/build.log"))) == 1
+    assert (first.summary.images.built, first.summary.images.reused) == (1, 0)
+    assert marker in (first.job_dir / "images" / "fresh.log").read_text()
     second = await evaluate({**config, "job_name": f"engine-build-b-{marker[:6]}"})
     assert second.summary.mean_reward == 1.0
-    assert list(second.job_dir.glob("*/environment/build.log")) == []
+    assert (second.summary.images.built, second.summary.images.reused) == (0, 1)
+    assert not (second.job_dir / "images" / "fresh.log").exists()
 
 
 async def test_ca_bundle_is_mounted_read_only_and_advertised(tmp_path: Path):
