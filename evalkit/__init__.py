@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "evaluate": "evalkit.api",
+    "evaluate_iter": "evalkit.api",
+    "MetricsReport": "evalkit.metrics",
     "JobConfig": "evalkit.config",
     "load_config": "evalkit.config",
     "ConfigError": "evalkit.errors",
@@ -33,7 +35,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from evalkit.api import evaluate
+    from evalkit.api import evaluate, evaluate_iter
+    from evalkit.metrics import MetricsReport
     from evalkit.config import JobConfig, load_config
     from evalkit.errors import ConfigError, EvalkitError, InfrastructureError, TrialError
     from evalkit.job import JobResult, Progress

@@ -1,5 +1,6 @@
 """`evalkit …`: a thin shell over the API. Exit codes: 0 finished, 1 finished with errored trials,
-2 bad config or input, 3 infrastructure unavailable, 130 interrupted."""
+2 bad config or input, 3 infrastructure unavailable, 4 finished but the metrics are unreliable (coverage
+below `min_coverage`, or nothing scored), 130 interrupted."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from evalkit.errors import ConfigError, EvalkitError
 
-EXIT_OK, EXIT_TRIAL_ERRORS, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_TRIAL_ERRORS, EXIT_UNRELIABLE, EXIT_INTERRUPTED = 0, 1, 4, 130
 
 
 def run_main(coro: Coroutine[Any, Any, int]) -> int:

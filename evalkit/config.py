@@ -169,6 +169,33 @@ class JobConfig(StrictModel):
             return value
         raise ValueError("expected a whole number ≥ 1 or 'auto'")
 
+    # --- metrics (evalkit.metrics): what results.json reports and how honestly
+    metrics: list[str] = []
+    """Metrics in `results.json` and the summary: `avg`/`mean_reward`, `pass_rate`, `pass@K`, `pass^K`
+    (K ≤ n_attempts); empty → mean reward and pass rate."""
+    breakdown_keys: list[str] = []
+    """Task `[metadata]` keys every metric is repeated for, per value (e.g. `difficulty`, `category`)."""
+    error_policy: Literal["zero", "exclude"] = "zero"
+    """Errored trials without a reward count 0 (`zero`) or are left out (`exclude`); infrastructure errors
+    and cancelled trials are never scored either way."""
+    min_coverage: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Below this share of scored trials the metrics are marked unreliable and `evalkit run` exits 4."""
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, names: list[str], info: Any) -> list[str]:
+        from evalkit.metrics import parse_metric_names
+
+        try:
+            specs = parse_metric_names(names)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        n_attempts = info.data.get("n_attempts", 1)
+        for spec in specs:
+            if spec.k > n_attempts:
+                raise ValueError(f"{spec.name} needs n_attempts ≥ {spec.k} (n_attempts is {n_attempts})")
+        return names
+
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="<config>")
 

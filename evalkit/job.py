@@ -42,7 +42,7 @@ from evalkit.errors import (
 )
 from evalkit.gateway import Gateway
 from evalkit.lock import JobLock
-from evalkit.metrics import mean_pass_at_k, passed, phase_stats
+from evalkit.metrics import MetricsReport, TrialRecord, compute_metrics, mean_pass_at_k, passed, phase_stats
 from evalkit.results import (
     ImageSummary,
     JobSummary,
@@ -570,7 +570,23 @@ class Job:
                 for name, values in rewards_by_task.items()
             },
             trials={t.name: t.final.trial_name for t, _ in finals},
+            metrics=self.metrics(),
         )
+
+    def metrics(self) -> MetricsReport:
+        """The config's metrics over every trial; one without a final result (not yet run, or stopped) is
+        `cancelled`: never scored as a failure, it lowers coverage."""
+        config = self.config
+        records = [
+            TrialRecord(task=t.ref.name, attempt=t.attempt, rewards=t.final.rewards,
+                        error_kind=t.final.error.kind if t.final.error else None) if t.final is not None
+            else TrialRecord(task=t.ref.name, attempt=t.attempt, error_kind="cancelled")
+            for t in self.trials
+        ]
+        metadata = {t.ref.name: t.task.config.metadata for t in self.trials if t.task is not None}
+        return compute_metrics(records, metrics=config.metrics, task_metadata=metadata,
+                               breakdown_keys=config.breakdown_keys, error_policy=config.error_policy,
+                               min_coverage=config.min_coverage)
 
     async def _write_summary(self, status: str) -> None:
         self._last_write = time.monotonic()

@@ -14,6 +14,10 @@ Every number comes with three things a reader needs to trust it:
   the coverage near 95% for the few-dozen-task benchmarks common here, where a normal interval is too narrow.
   When every task scores the same 0 or 1, the SE is 0 and that interval would claim certainty; rates then use
   the exact Clopper–Pearson interval over tasks instead.
+- **bounded intervals.** A rate (pass rate, pass@k, pass^k) and a mean reward whose every reward lies in
+  [0, 1] cannot leave [0, 1], but a t interval over few tasks can (2 tasks scoring 0 and 1: ±6.4·SE). Such an
+  interval is clipped to [0, 1]: the clipped end then says "no evidence beyond the bound", and coverage can
+  only grow. A mean reward with rewards outside [0, 1] has no known bound and is not clipped.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import statistics
 from collections import defaultdict
 from functools import lru_cache
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
 from evalkit.errors import ConfigError
-from evalkit.results import PhaseStats
+
+if TYPE_CHECKING:
+    from evalkit.results import PhaseStats
 
 METRICS_SCHEMA_VERSION = 1
 PASS_THRESHOLD = 1.0
@@ -46,7 +52,8 @@ DENOMINATORS: dict[str, str] = {
 }
 INTERVAL_METHOD = (
     "task-clustered: mean of per-task scores, SE = sd(task scores)/sqrt(T), 95% CI = mean ± t(0.975, T-1)·SE; "
-    "exact Clopper-Pearson over tasks when every task scores the same 0 or 1"
+    "exact Clopper-Pearson over tasks when every task scores the same 0 or 1; "
+    "clipped to [0, 1] for rates and for mean rewards whose rewards all lie in [0, 1]"
 )
 
 
@@ -90,6 +97,8 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def phase_stats(durations: Sequence[float]) -> PhaseStats:
+    from evalkit.results import PhaseStats  # results.json embeds a MetricsReport: results imports this module
+
     values = sorted(durations)
     return PhaseStats(
         n=len(values),
@@ -181,7 +190,7 @@ def clopper_pearson(successes: int, n: int, confidence: float = CONFIDENCE) -> t
     return low, high
 
 
-def clustered_interval(task_scores: Sequence[float], *, rate: bool) -> tuple[float, float | None, float | None, float | None]:
+def clustered_interval(task_scores: Sequence[float], *, bounded: bool) -> tuple[float, float | None, float | None, float | None]:
     """(mean, SE, CI low, CI high) over per-task scores, clustered by task (see the module docstring)."""
     t = len(task_scores)
     mean = statistics.fmean(task_scores)
@@ -193,7 +202,7 @@ def clustered_interval(task_scores: Sequence[float], *, rate: bool) -> tuple[flo
         return mean, 0.0, low, high
     half = t_quantile(0.5 + CONFIDENCE / 2, t - 1) * se
     low, high = mean - half, mean + half
-    if rate:
+    if bounded:
         low, high = max(0.0, low), min(1.0, high)
     return mean, se, low, high
 
@@ -336,7 +345,7 @@ def _task_score(spec: MetricSpec, values: list[float]) -> float | None:
 
 
 def _metric(spec: MetricSpec, key: str, by_task: Mapping[str, list[float]], tasks: Iterable[str]) -> MetricValue:
-    scores, n_trials, excluded = [], 0, 0
+    scores, n_trials, excluded, in_unit_range = [], 0, 0, True
     for task in tasks:
         values = by_task.get(task, [])
         score = _task_score(spec, values)
@@ -345,11 +354,12 @@ def _metric(spec: MetricSpec, key: str, by_task: Mapping[str, list[float]], task
             continue
         scores.append(score)
         n_trials += len(values)
+        in_unit_range = in_unit_range and all(0.0 <= v <= 1.0 for v in values)
     if not scores:
         return MetricValue(name=spec.name, reward_key=key, value=None, se=None, ci_low=None, ci_high=None,
                            n_tasks=0, n_trials=0, n_tasks_excluded=excluded)
-    rate = spec.kind != "mean_reward"
-    value, se, low, high = clustered_interval(scores, rate=rate)
+    bounded = spec.kind != "mean_reward" or in_unit_range
+    value, se, low, high = clustered_interval(scores, bounded=bounded)
     return MetricValue(name=spec.name, reward_key=key, value=value, se=se, ci_low=low, ci_high=high,
                        n_tasks=len(scores), n_trials=n_trials, n_tasks_excluded=excluded)
 

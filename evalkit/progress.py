@@ -8,9 +8,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from evalkit.after_run import after_run, session_log
+from evalkit.cli import EXIT_OK, EXIT_TRIAL_ERRORS, EXIT_UNRELIABLE
 from evalkit.config import JobConfig
 from evalkit.job import Job
 from evalkit.job import Progress as JobProgress
+from evalkit.metrics import MetricsReport, MetricValue
 from evalkit.results import JobSummary, TrialResult
 
 
@@ -19,7 +21,8 @@ SESSION_LOG = "session.log"
 
 
 async def run_with_progress(config: JobConfig, *, quiet: bool = False, retry_errors: list[str] | None = None) -> int:
-    """Run a job with a progress bar on stderr; returns the CLI exit code (0, or 1 if any trial errored)."""
+    """Run a job with a progress bar on stderr; returns the CLI exit code: 0, 1 if any trial errored, 4 if
+    the metrics are unreliable (said in red whatever --quiet says)."""
     console = Console(stderr=True)
     job = Job(config, retry_errors=retry_errors)
     await job.prepare()
@@ -72,7 +75,19 @@ async def _run(job: Job, config: JobConfig, console: Console, quiet: bool) -> in
     if not quiet:
         console.print(summary_table(result.summary))
         console.print(f"results: {result.job_dir / 'results.json'}")
-    return 1 if result.summary.n_errored else 0
+    metrics = result.summary.metrics
+    if metrics is not None and not metrics.reliable:
+        console.print(f"[bold red]{escape(unreliable_line(metrics))}", highlight=False, soft_wrap=True)
+        return EXIT_UNRELIABLE
+    return EXIT_TRIAL_ERRORS if result.summary.n_errored else EXIT_OK
+
+
+def unreliable_line(metrics: MetricsReport) -> str:
+    coverage = "-" if metrics.coverage is None else f"{metrics.coverage:.2f}"
+    why = (f"coverage {coverage} is below min_coverage {metrics.min_coverage:g}" if metrics.n_scored
+           and metrics.min_coverage is not None else "no trial could be scored")
+    return (f"UNRELIABLE METRICS: {why} ({metrics.n_infrastructure_errors} infrastructure error(s), "
+            f"{metrics.n_cancelled} cancelled, of {metrics.n_trials} trials)")
 
 
 def _fields(progress: JobProgress) -> dict[str, str]:
@@ -85,12 +100,21 @@ def summary_table(summary: JobSummary) -> Table:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("trials", f"{summary.n_finished}/{summary.n_trials} finished ({summary.n_tries} tries)")
-    table.add_row("mean reward", "-" if summary.mean_reward is None else f"{summary.mean_reward:.3f}")
-    table.add_row("pass rate", "-" if summary.pass_rate is None else f"{summary.pass_rate:.1%}")
-    for name, score in summary.pass_at_k.items():
-        table.add_row(name, f"{score:.3f}")
+    if summary.metrics is not None:
+        for m in summary.metrics.metrics:
+            table.add_row(m.name if m.reward_key == "reward" else f"{m.name} ({m.reward_key})", _metric_cell(m))
+        coverage = summary.metrics.coverage
+        table.add_row("coverage", "-" if coverage is None else
+                      f"{coverage:.2f} ({summary.metrics.n_scored} of {summary.metrics.n_trials} trials scored)")
     for error_type, count in sorted(summary.errors.items()):
         table.add_row(f"[red]{error_type}", str(count))
     for phase, stats in summary.phases.items():
         table.add_row(f"{phase} time", f"mean {stats.mean_sec:.2f}s  p95 {stats.p95_sec:.2f}s  max {stats.max_sec:.2f}s")
     return table
+
+
+def _metric_cell(m: MetricValue) -> str:
+    if m.value is None:
+        return "-"
+    interval = f"  95% CI [{m.ci_low:.3f}, {m.ci_high:.3f}]" if m.ci_low is not None and m.ci_high is not None else ""
+    return f"{m.value:.3f}{interval}  ({m.n_tasks} tasks)"

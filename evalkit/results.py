@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel, PrivateAttr
 
 from evalkit.errors import ErrorKind
+from evalkit.metrics import MetricsReport
 
 RESULT_SCHEMA_VERSION = 2
 """2: errors carry `kind` and `phase`; results record the resource envelope and download notes."""
@@ -269,11 +270,16 @@ class JobSummary(BaseModel):
     n_tries: int
     """All tries, retries included."""
     mean_reward: float | None
-    """Mean primary reward over finished trials; a trial without reward counts 0."""
+    """Raw mean primary reward over finished trials, every error (infrastructure too) counting 0; the honest
+    figure is `metrics`."""
     pass_rate: float | None
-    """Share of finished trials with primary reward ≥ 1."""
+    """Raw share of finished trials with primary reward ≥ 1 (errors count as failures; see `metrics`)."""
     pass_at_k: dict[str, float] = {}
-    """Unbiased pass@k over tasks, for k = 1 … n_attempts."""
+    """Raw unbiased pass@k over tasks, for k = 1 … n_attempts."""
+    metrics: MetricsReport | None = None
+    """The job's `metrics` with standard errors, 95% intervals, denominator policy, coverage and breakdowns;
+    every trial without a final result yet counts as not scored (`cancelled`). `reliable: false` below
+    `min_coverage`."""
     errors: dict[str, int]
     """Final-try errors by type."""
     phases: dict[str, PhaseStats]
