@@ -51,6 +51,9 @@ class _Base:
     messages: list[tuple[int, int]]
     """(length, hash) of each message's bytes."""
     fields: dict[str, tuple[int, int]]
+    head: tuple[int, int] | None = None
+    """(length, hash) of the `messages` array's bytes before its closing bracket: a later array that starts with
+    these bytes then a comma holds all of this one's messages, which is found without splitting the shared part."""
 
 
 def _signature(raw: bytes | memoryview | msgspec.Raw) -> tuple[int, int]:
@@ -67,20 +70,26 @@ class RequestHistory:
     def encode(self, seq: int, fields: dict[str, msgspec.Raw]) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The request as a line holds it (values embedded as the agent's bytes) and its `request_delta`."""
         messages_raw = fields.get("messages")
-        messages: list[msgspec.Raw] | None = None
-        if messages_raw is not None:
+        head = _head(messages_raw) if messages_raw is not None else None
+        best, messages = self._extended(messages_raw, head) if head is not None else (None, None)
+        keep = len(best.messages) if best is not None else 0
+        if best is not None:  # the usual case: the agent's earlier conversation, byte for byte, then new messages
+            message_sigs = best.messages + [_signature(m) for m in messages]  # type: ignore[union-attr]
+        elif messages_raw is not None:
             try:
                 messages = _raw_list.decode(messages_raw)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 messages = None  # not a list: written as it came
-        message_sigs = [_signature(m) for m in messages] if messages is not None else []
+            message_sigs = [_signature(m) for m in messages] if messages is not None else []
+        else:
+            message_sigs = []
         field_sigs = {
             name: _signature(value)
             for name, value in fields.items()
             if name != "messages" and len(value) >= SHARED_FIELD_MIN_BYTES
         }
-        best, keep = None, 0
-        for base in self.bases:
+        tail_only = best is not None
+        for base in self.bases if not tail_only else ():
             n = _common_prefix(base.messages, message_sigs)
             if best is None or n > keep:
                 best, keep = base, n
@@ -90,14 +99,47 @@ class RequestHistory:
             if name in same:
                 continue
             if name == "messages" and messages is not None and keep:
-                request[name] = orjson.Fragment(b"[" + b",".join(_clean(m) for m in messages[keep:]) + b"]")
+                tail = messages if tail_only else messages[keep:]
+                request[name] = orjson.Fragment(b"[" + b",".join(_clean(m) for m in tail) + b"]")
             else:
                 request[name] = orjson.Fragment(_clean(value))
-        self.bases.insert(0, _Base(seq, message_sigs, field_sigs))
+        self.bases.insert(0, _Base(seq, message_sigs, field_sigs, head if messages is not None else None))
         del self.bases[RECENT_BASES:]
         if best is None or (not keep and not same):
             return request, None
         return request, {"base": best.seq, "keep": keep, "same": same}
+
+    def _extended(self, raw: msgspec.Raw, head: tuple[int, int]) -> tuple[_Base | None, list[msgspec.Raw] | None]:
+        """The recent base (of the last two: an agent and its subagent alternate) whose whole `messages` array
+        this one's bytes start with, and the messages after it; the shared part is hashed, never split."""
+        data = memoryview(raw)
+        for base in self.bases[:2]:
+            if base.head == head and base.messages:  # the same conversation again (a retry)
+                return base, []
+            if base.head is None or not base.messages or base.head[0] >= head[0]:
+                continue
+            rest = data[base.head[0] :].tobytes().lstrip()
+            if rest[:1] != b"," or _signature(data[: base.head[0]]) != base.head:
+                continue
+            try:
+                return base, _raw_list.decode(b"[" + rest[1:])
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+        return None, None
+
+
+def _head(raw: msgspec.Raw) -> tuple[int, int] | None:
+    """(length, hash) of an array's bytes before its closing bracket (None for anything but an array)."""
+    data = memoryview(raw)
+    if data[:1] != b"[" or data[-1:] != b"]":
+        return None
+    end = len(data) - 1
+    while end > 1 and data[end - 1] in _JSON_SPACE:
+        end -= 1
+    return _signature(data[:end])
+
+
+_JSON_SPACE = frozenset(b" \t\r\n")
 
 
 def _common_prefix(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> int:

@@ -101,3 +101,40 @@ def test_the_reader_never_follows_a_symlink_or_opens_a_fifo(tmp_path):
     assert read_all(link) == ([], ["not read: it is a symlink"])
     assert read_all(fifo) == ([], ["not read: not a regular file"])  # and it did not hang
     assert read_all(tmp_path / "missing.jsonl") == ([], [])
+
+
+def test_byte_extended_conversations_and_every_other_shape_read_back_whole(tmp_path):
+    """The writer's short cut (a conversation that starts with an earlier request's `messages` bytes is split
+    only after them) and its fall-backs: pretty-printed JSON, a number the next request extends, an edited
+    message, a resend, an alternating subagent, a non-list `messages`; each request reads back as sent."""
+    from evalkit.gateway.bodies import parse
+    from evalkit.gateway.trajectory import RequestHistory
+
+    def m(i: int) -> dict:
+        return {"role": "user" if i % 2 else "assistant", "content": f"message {i} " * 20}
+
+    main = [[m(i) for i in range(n)] for n in (1, 3, 5)]
+    bodies = [orjson.dumps({"model": MODEL, "messages": ms}) for ms in main]
+    bodies += [orjson.dumps({"model": MODEL, "messages": main[-1]}),  # resent as it was
+               orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "sub"}]}),  # a subagent
+               orjson.dumps({"model": MODEL, "messages": [*main[-1], m(5), m(6)]}),  # main, past the subagent
+               orjson.dumps({"model": MODEL, "messages": [m(0), {"role": "user", "content": "edited"}, *main[-1][2:]]}),
+               b'{"model": "m", "messages": [\n  {"role": "user", "content": "a"} ,\n  {"role": "user", "content": "b"}\n ]}',
+               b'{"model": "m", "messages": [\n  {"role": "user", "content": "a"} ,\n  {"role": "user", "content": "b"} , 1 ]}',
+               b'{"model": "m", "messages": [{"role": "user", "content": "a"},1]}',
+               b'{"model": "m", "messages": [{"role": "user", "content": "a"},12]}',
+               b'{"model": "m", "messages": [{"role": "user", "content": "a"},12,{"x":1}]}',
+               b'{"model": "m", "messages": "not a list"}']  # fmt: skip
+    history = RequestHistory()
+    lines, deltas = [], []
+    for seq, body in enumerate(bodies, 1):
+        request, delta = history.encode(seq, parse(body))
+        deltas.append(delta)
+        lines.append(orjson.dumps({"v": 2, "seq": seq, "request": request, **({"request_delta": delta} if delta else {})}))
+    (tmp_path / "t.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    calls, problems = read_all(tmp_path / "t.jsonl")
+    assert problems == [] and [c["request"] for c in calls] == [orjson.loads(b) for b in bodies]
+    assert deltas[1] == {"base": 1, "keep": 1, "same": []} and deltas[3] == {"base": 3, "keep": 5, "same": []}
+    assert deltas[5] == {"base": 4, "keep": 5, "same": []}, "the main conversation's last request, past the subagent"
+    assert deltas[6]["keep"] == 1 and deltas[8]["keep"] == 2 and deltas[10]["keep"] == 1
+    assert orjson.loads(lines[3])["request"]["messages"] == [] and orjson.loads(lines[10])["request"]["messages"] == [12]
