@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "evaluate": "evalkit.api",
     "evaluate_iter": "evalkit.api",
+    "Benchmark": "evalkit.training",
+    "BenchmarkEvaluator": "evalkit.training",
+    "SQLiteStore": "evalkit.training",
     "MetricsReport": "evalkit.metrics",
     "JobConfig": "evalkit.config",
     "load_config": "evalkit.config",
@@ -37,6 +40,7 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from evalkit.api import evaluate, evaluate_iter
     from evalkit.metrics import MetricsReport
+    from evalkit.training import Benchmark, BenchmarkEvaluator, SQLiteStore
     from evalkit.config import JobConfig, load_config
     from evalkit.errors import ConfigError, EvalkitError, InfrastructureError, TrialError
     from evalkit.job import JobResult, Progress
