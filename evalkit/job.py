@@ -42,7 +42,7 @@ from evalkit.errors import (
 )
 from evalkit.gateway import Gateway
 from evalkit.lock import JobLock
-from evalkit.metrics import MetricsReport, TrialRecord, compute_metrics, mean_pass_at_k, passed, phase_stats
+from evalkit.metrics import MetricsReport, compute_metrics, mean_pass_at_k, passed, phase_stats
 from evalkit.results import (
     ImageSummary,
     JobSummary,
@@ -516,7 +516,8 @@ class Job:
 
     # ----------------------------------------------------------------------------------------- results
 
-    def summary(self, status: str | None) -> JobSummary:
+    def summary(self, status: str | None, *, metrics: bool = True) -> JobSummary:
+        """The job so far; `metrics=False` leaves `metrics` for the caller to fill (off the event loop)."""
         finals = [(t, t.final) for t in self.trials if t.final is not None]
         rewards_by_task: dict[str, list[float | None]] = {t.ref.name: [] for t in self.trials}
         errors_by_task: dict[str, list[str]] = {t.ref.name: [] for t in self.trials}
@@ -570,19 +571,22 @@ class Job:
                 for name, values in rewards_by_task.items()
             },
             trials={t.name: t.final.trial_name for t, _ in finals},
-            metrics=self.metrics(),
+            metrics=self.metrics(self.metric_records()) if metrics else None,
         )
 
-    def metrics(self) -> MetricsReport:
-        """The config's metrics over every trial; one without a final result (not yet run, or stopped) is
+    def metric_records(self) -> list[dict[str, Any]]:
+        """A snapshot of every trial for metrics; one without a final result (not yet run, or stopped) is
         `cancelled`: never scored as a failure, it lowers coverage."""
-        config = self.config
-        records = [
-            TrialRecord(task=t.ref.name, attempt=t.attempt, rewards=t.final.rewards,
-                        error_kind=t.final.error.kind if t.final.error else None) if t.final is not None
-            else TrialRecord(task=t.ref.name, attempt=t.attempt, error_kind="cancelled")
+        return [
+            {"task": t.ref.name, "attempt": t.attempt, "rewards": t.final.rewards,
+             "error_kind": t.final.error.kind if t.final.error else None} if t.final is not None
+            else {"task": t.ref.name, "attempt": t.attempt, "error_kind": "cancelled"}
             for t in self.trials
         ]
+
+    def metrics(self, records: list[dict[str, Any]]) -> MetricsReport:
+        """The config's metrics over a snapshot (O(trials): safe to compute in a worker thread)."""
+        config = self.config
         metadata = {t.ref.name: t.task.config.metadata for t in self.trials if t.task is not None}
         return compute_metrics(records, metrics=config.metrics, task_metadata=metadata,
                                breakdown_keys=config.breakdown_keys, error_policy=config.error_policy,
@@ -590,11 +594,16 @@ class Job:
 
     async def _write_summary(self, status: str) -> None:
         self._last_write = time.monotonic()
-        summary = self.summary(status)
+        summary, records = self.summary(status, metrics=False), self.metric_records()
+
+        def write() -> None:  # metrics are O(trials) of CPU: computed in the thread, not on the event loop
+            summary.metrics = self.metrics(records)
+            write_json_atomic(self.job_dir / "results.json", summary)
+
         async with self._write_lock:
             # Uncancellable: a write still running in its thread must never land after the final one.
             try:
-                await uncancellable(asyncio.to_thread(write_json_atomic, self.job_dir / "results.json", summary))
+                await uncancellable(asyncio.to_thread(write))
             except OSError as exc:
                 raise JobFailedError(f"cannot write {self.job_dir / 'results.json'}: {exc.strerror or exc}") from None
 
