@@ -278,7 +278,7 @@ async def run_try(
             result.error = error_info(exc, phase=current, agent_started=agent_started)
 
     await _in_thread(spec.try_dir.mkdir, parents=True, exist_ok=True)
-    deadline_sec = timeouts.whole_try(task)
+    deadline_sec = await asyncio.to_thread(timeouts.whole_try, task)  # verifier plans look at the task's files
     try:
         try:
             async with asyncio.timeout(deadline_sec) as deadline:

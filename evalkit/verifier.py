@@ -26,6 +26,7 @@ from evalkit.errors import RewardFileEmptyError, RewardFileMissingError, RewardP
 from evalkit.tasks import VerifierPlan
 
 REWARD_DIR = "/logs/verifier"
+TEST_SCRIPT = "test.sh"
 REWARD_FILES = ("reward.json", "reward.txt")
 MAX_REWARD_BYTES = 64 * 1024
 MAX_REWARD_KEYS = 64
@@ -47,10 +48,13 @@ async def run_tests(plan: VerifierPlan, env: Environment, *, timeout_sec: float 
     and ignore its exit code; the caller reads the reward from its copy of `/logs/verifier`. The caller has
     killed the agent's processes and emptied FRESH_DIRS (one step, as root, so nothing can race it)."""
     for tests in plan.tests_dirs:
-        await env.put(tests, "/tests")
-    prepared = await env.exec("chmod +x /tests/test.sh", user="0", timeout_sec=60)
-    if prepared.exit_code != 0:
-        raise RewardFileMissingError(f"/tests/test.sh cannot be run: {excerpt(prepared.output)}")
+        await env.put(tests, "/tests", executable=(TEST_SCRIPT,))  # mode 0755 in the upload: no chmod exec
+    if not plan.tests_dirs:  # the verifier's image bundles its tests: make its script runnable there
+        prepared = await env.exec(f"chmod +x /tests/{TEST_SCRIPT}", user="0", timeout_sec=60)
+        if prepared.exit_code != 0:
+            raise RewardFileMissingError(f"/tests/{TEST_SCRIPT} cannot be run: {excerpt(prepared.output)}")
+    elif not any(await asyncio.gather(*(asyncio.to_thread((tests / TEST_SCRIPT).is_file) for tests in plan.tests_dirs))):
+        raise RewardFileMissingError(f"/tests/{TEST_SCRIPT} cannot be run: the task's tests have no {TEST_SCRIPT}")
     result = await env.exec(
         f"(/tests/test.sh) > {REWARD_DIR}/test-stdout.txt 2>&1",
         timeout_sec=timeout_sec,

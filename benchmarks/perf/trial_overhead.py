@@ -2,10 +2,11 @@
 
 Both sides run N trivial tasks (write a file, check it) at each concurrency, doing the same container work
 per try, so the ratio measures evalkit's orchestration alone: create + start a hardened container (init,
-host network, limits, dropped capabilities), one root exec that makes `/logs` and records the process
-baseline, upload solution/, exec solve.sh, one root exec that kills what the agent left and empties
-`/tests` and `/logs/verifier`, upload tests/, exec test.sh, one archive GET of `/logs` unpacked on the host
-(the reward read from that copy), and the container removed in the background. A second floor ("bare")
+host network, limits, dropped capabilities; the image's ENTRYPOINT kept, Harbor's keep-alive command), one
+root exec that makes `/logs` and records the process baseline, upload solution/ (solve.sh executable in the
+upload), exec solve.sh, one root exec that kills what the agent left and empties `/tests` and
+`/logs/verifier`, upload tests/ (test.sh executable), exec test.sh, one archive GET of `/logs` unpacked on
+the host (the reward read from that copy), and the container removed in the background. A second floor ("bare")
 does what evalkit did before its trust boundary: bind-mounted `/logs`, no baseline or kill execs, the
 reward read on the host; the difference is what the security steps cost per try. The image is built
 before timing starts (every side reuses it). Prints JSON; `ratio` is evalkit wall time / floor wall time
@@ -29,8 +30,9 @@ from pathlib import Path
 import aiodocker
 
 from evalkit import evaluate
+from evalkit.environments.compose import KEEP_ALIVE
 from evalkit.environments.docker import _KILL, _START, CAP_DROP
-from evalkit.environments.images import context_hash, image_tag, tar_directory
+from evalkit.environments.images import build_tag, context_hash, tar_directory
 
 SOLVE = "echo done > /tmp/out.txt\n"
 TEST = 'if grep -q done /tmp/out.txt; then echo 1 > /logs/verifier/reward.txt; else echo 0 > /logs/verifier/reward.txt; fi\n'
@@ -63,9 +65,8 @@ async def run_exec(container: aiodocker.containers.DockerContainer, *args: str, 
 def container_config(image: str, **host_config: object) -> dict:
     return {
         "Image": image,
-        "Entrypoint": ["sleep"],
-        "Cmd": ["infinity"],
-        "Labels": {"evalkit.job": "perf-floor"},
+        "Cmd": list(KEEP_ALIVE),
+        "Labels": {"evalkit-perf": "floor"},  # not an evalkit job's label: `evalkit clean` leaves it alone
         "HostConfig": {"Init": True, "NetworkMode": "host", "NanoCpus": 10**9, "Memory": 2048 << 20, **host_config},
     }
 
@@ -77,12 +78,12 @@ async def floor_trial(docker: aiodocker.Docker, image: str, task: Path, trial_di
     )
     try:
         await container.start()
-        _, baseline = await run_exec(container, "bash", "-c", _START, "bash", *LOG_DIRS, user="0")
-        await container.put_archive("/", await asyncio.to_thread(tar_directory, task / "solution", "solution"))
-        await run_exec(container, "bash", "-c", "bash /solution/solve.sh > /logs/agent/oracle.txt 2>&1")
+        _, baseline = await run_exec(container, "bash", "-c", _START, "bash", "0", *LOG_DIRS, user="0")
+        await container.put_archive("/", await asyncio.to_thread(tar_directory, task / "solution", "solution", ("solve.sh",)))
+        await run_exec(container, "bash", "-c", "(/solution/solve.sh) > /logs/agent/oracle.txt 2>&1")
         await run_exec(container, "bash", "-c", _KILL, "bash", *baseline.split(), "/tests", "/logs/verifier", user="0")
-        await container.put_archive("/", await asyncio.to_thread(tar_directory, task / "tests", "tests"))
-        await run_exec(container, "bash", "-c", "bash /tests/test.sh > /logs/verifier/test-stdout.txt 2>&1")
+        await container.put_archive("/", await asyncio.to_thread(tar_directory, task / "tests", "tests", ("test.sh",)))
+        await run_exec(container, "bash", "-c", "(/tests/test.sh) > /logs/verifier/test-stdout.txt 2>&1")
         archive = await container.get_archive("/logs")  # one GET, read whole (the logs here are tiny)
         return await asyncio.to_thread(unpack_logs, archive, trial_dir)
     finally:
@@ -109,11 +110,11 @@ async def bare_trial(docker: aiodocker.Docker, image: str, task: Path, trial_dir
     container = await docker.containers.create(container_config(image, Binds=binds))
     try:
         await container.start()
-        for source, target, command in (
-            (task / "solution", "solution", "bash /solution/solve.sh > /logs/agent/oracle.txt 2>&1"),
-            (task / "tests", "tests", "bash /tests/test.sh > /logs/verifier/test-stdout.txt 2>&1"),
+        for source, target, script, command in (
+            (task / "solution", "solution", "solve.sh", "(/solution/solve.sh) > /logs/agent/oracle.txt 2>&1"),
+            (task / "tests", "tests", "test.sh", "(/tests/test.sh) > /logs/verifier/test-stdout.txt 2>&1"),
         ):
-            await container.put_archive("/", await asyncio.to_thread(tar_directory, source, target))
+            await container.put_archive("/", await asyncio.to_thread(tar_directory, source, target, (script,)))
             await run_exec(container, "bash", "-c", command)
         return float((trial_dir / "evaluation" / "reward.txt").read_text())
     finally:
@@ -159,7 +160,9 @@ async def main(n_tasks: int, levels: list[int], repeat: int) -> dict:
         tasks = sorted(tasks_dir.iterdir())
         # Build the shared image once, outside the timings (evalkit names images by context hash).
         await evaluate({"job_name": "warmup", "jobs_dir": str(root / "warmup"), "dataset": {"path": str(tasks_dir), "n_tasks": 1}})
-        image = image_tag(context_hash(tasks[0] / "environment"))
+        async with aiodocker.Docker() as docker:  # evalkit's tag: the context's hash and the FROM image's id
+            base = (await docker.images.inspect("debian:bookworm-slim"))["Id"]
+        image = build_tag(context_hash(tasks[0] / "environment"), [("debian:bookworm-slim", base)])
         figures = []
         for c in levels:
             floors, bares, ours_runs = [], [], []

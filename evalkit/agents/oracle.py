@@ -28,10 +28,7 @@ class OracleAgent:
         solution = task.solution_dir
         if not await asyncio.to_thread((solution / "solve.sh").is_file):
             raise SolutionMissingError(f"Solution script not found: {(solution / 'solve.sh').relative_to(task.path)}")
-        await env.put(solution, "/solution")
-        prepared = await env.exec("chmod +x /solution/solve.sh", user="0", timeout_sec=60)
-        if prepared.exit_code != 0:
-            raise RuntimeError(f"could not make /solution/solve.sh executable: {prepared.output.strip()[-200:]}")
+        await env.put(solution, "/solution", executable=("solve.sh",))  # mode 0755 in the upload: no chmod exec
         result = await env.exec(
             "(/solution/solve.sh) > /logs/agent/oracle.txt 2>&1",
             timeout_sec=timeout_sec,

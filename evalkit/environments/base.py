@@ -139,8 +139,10 @@ class Environment(Protocol):
         """Run `bash -c command`. On timeout, every process started since `start` is killed (as with
         `kill_agent_processes`) and `timed_out=True` is returned."""
 
-    async def put(self, source: Path, target: str) -> None:
-        """Copy a host directory's contents into `target` (created if missing)."""
+    async def put(self, source: Path, target: str, *, executable: Collection[str] = ()) -> None:
+        """Copy a host directory's contents into `target` (created if missing); the regular files named in
+        `executable` (relative to `source`: a script run by its shebang) arrive with mode 0755, so no
+        `chmod` round trip is needed."""
 
     async def read_file(self, path: str, *, max_bytes: int) -> bytes:
         """One regular file's bytes. Raises `FileMissingError`, `NotARegularFileError` (a symlink is never

@@ -189,7 +189,7 @@ class DockerBackend:
         self._up.set()
         self._suspect = asyncio.Event()
         """Set by a failed `answers()`: the watch stops trusting its event stream."""
-        self._archives: OrderedDict[tuple[Path, str], asyncio.Task[bytes]] = OrderedDict()
+        self._archives: OrderedDict[tuple[Path, str, frozenset[str]], asyncio.Task[bytes]] = OrderedDict()
         self._removals: set[asyncio.Task[None]] = set()
         self._entrypoints: dict[str, list[str]] = {}
         self._watch = asyncio.ensure_future(self._watch_engine())
@@ -237,11 +237,11 @@ class DockerBackend:
         await asyncio.gather(*(
             self.images.prepare(view, timeout_sec=timeout_sec,
                                 log_path=Path(os.devnull) if log_path is None else _view_log(log_path, part))
-            for part, view in image_views(task)
+            for part, view in await asyncio.to_thread(image_views, task)  # verifier plans look at the task's files
         ))
 
     async def release(self, task: Task) -> None:
-        for _, view in image_views(task):
+        for _, view in await asyncio.to_thread(image_views, task):
             await self.images.release(view)
 
     @property
@@ -391,12 +391,12 @@ class DockerBackend:
                 await asyncio.sleep(delay)
                 await self._up.wait()
 
-    async def archive(self, source: Path, target: str) -> bytes:
+    async def archive(self, source: Path, target: str, executable: frozenset[str] = frozenset()) -> bytes:
         """A tar of `source` laid out under `target` (tests/, solution/), built once in a thread and kept
         for the next tries while it is among the most recently used (memory does not grow with tasks)."""
-        key = (source, target)
+        key = (source, target, executable)
         if key not in self._archives:
-            self._archives[key] = asyncio.ensure_future(asyncio.to_thread(tar_directory, source, target.strip("/")))
+            self._archives[key] = asyncio.ensure_future(asyncio.to_thread(tar_directory, source, target.strip("/"), executable))
             while len(self._archives) > ARCHIVES_KEPT:
                 self._archives.popitem(last=False)[1].cancel()
         self._archives.move_to_end(key)
@@ -954,12 +954,12 @@ class DockerEnvironment:
                 return
             await asyncio.sleep(0.1)
 
-    async def put(self, source: Path, target: str) -> None:
+    async def put(self, source: Path, target: str, *, executable: Collection[str] = ()) -> None:
         # The task's own files are tarred once per job; anything else (a try's artifacts) every time.
         if source.is_relative_to(self.task.path):
-            data = await self.backend.archive(source, target)
+            data = await self.backend.archive(source, target, frozenset(executable))
         else:
-            data = await asyncio.to_thread(tar_directory, source, target.strip("/"))
+            data = await asyncio.to_thread(tar_directory, source, target.strip("/"), executable)
         with engine_errors("copying files into the container"):
             await self._running().put_archive("/", data)
 

@@ -22,7 +22,7 @@ import re
 import stat
 import tarfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,9 +83,11 @@ def _file_digest(path: Path) -> bytes:
         return hashlib.file_digest(f, "sha256").digest()
 
 
-def write_tar(root: Path, out: io.RawIOBase | io.BufferedIOBase, prefix: str = "") -> None:
+def write_tar(root: Path, out: io.RawIOBase | io.BufferedIOBase, prefix: str = "",
+              executable: Collection[str] = ()) -> None:
     """root's contents as a tar (GNU format: BuildKit reads a tar that starts with a PAX header as a
-    Dockerfile); with `prefix`, laid out under that directory (created by the tar itself)."""
+    Dockerfile); with `prefix`, laid out under that directory (created by the tar itself). Regular files
+    named in `executable` (relative to root) get mode 0755."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT, bufsize=CHUNK) as tar:
         if prefix:
             info = tarfile.TarInfo(prefix)
@@ -97,6 +99,8 @@ def write_tar(root: Path, out: io.RawIOBase | io.BufferedIOBase, prefix: str = "
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             info.mtime = 0
+            if info.isreg() and path.relative_to(root).as_posix() in executable:
+                info.mode = 0o755
             if info.isreg():
                 with path.open("rb") as f:
                     tar.addfile(info, f)
@@ -104,10 +108,10 @@ def write_tar(root: Path, out: io.RawIOBase | io.BufferedIOBase, prefix: str = "
                 tar.addfile(info)
 
 
-def tar_directory(root: Path, prefix: str = "") -> bytes:
+def tar_directory(root: Path, prefix: str = "", executable: Collection[str] = ()) -> bytes:
     """`write_tar` into memory: for small directories (a task's tests/ and solution/)."""
     buf = io.BytesIO()
-    write_tar(root, buf, prefix)
+    write_tar(root, buf, prefix, executable)
     return buf.getvalue()
 
 
