@@ -33,12 +33,39 @@ SECRET_MARK = "<secret sha256:"
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
+class AgentModelConfig(StrictModel):
+    """How the agent calls the model (it always sends `llm_api.model`, the one name the gateway serves)."""
+
+    max_turns: int | None = Field(default=None, ge=1)
+    """Model turns before the agent stops (claude-code `--max-turns`, openhands-sdk iterations, evalkit turns;
+    opencode has no such limit). Default: the scaffold's own (evalkit: 50)."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Tokens per completion (claude-code `CLAUDE_CODE_MAX_OUTPUT_TOKENS`); default: the scaffold's own."""
+    temperature: float | None = Field(default=None, ge=0)
+    """Sampling temperature where the scaffold lets it be set (evalkit, openhands-sdk); default: the server's."""
+
+
 class AgentConfig(StrictModel):
+    """Switching scaffold is an edit of `name`, `version`, `runtime_image` and `runtime_host_path` together;
+    the last three default to the pinned build of the named scaffold (`evalkit runtime list`)."""
+
     name: str = "oracle"
-    """Which agent runs the trials: `oracle` (the task's reference solution), `nop` (does nothing), or an
+    """Which agent runs the trials: `oracle` (the task's reference solution), `nop` (does nothing), `evalkit`
+    (the built-in host-side agent), an in-container scaffold (`claude-code`, `opencode`, `openhands-sdk`), or an
     import path `package.module:ClassName` of your own `Agent`."""
+    version: str | None = None
+    """The scaffold's version; must be the one this evalkit pins (default)."""
+    runtime_image: str | None = None
+    """The image the scaffold's tree is built as (default `evalkit/runtime-<name>:<version>`)."""
+    runtime_host_path: Path | None = None
+    """The scaffold's runtime tree on the host, mounted read-only at `/opt/evalkit/agent` (default
+    `~/.cache/evalkit/runtimes/<name>-<version>`; relative to this file). Build it with `evalkit runtime build`."""
     kwargs: dict[str, Any] = {}
-    """Agent-specific options, passed to the agent's constructor."""
+    """Agent-specific options, passed to the agent's constructor (see each agent in the README)."""
+    env: dict[Annotated[str, Field(pattern=_ENV_NAME)], str] = {}
+    """Environment variables for the agent's process (in-container scaffolds) or its commands (evalkit). The
+    route's own variables (base URL, key, model) are set after these and win."""
+    model: AgentModelConfig = AgentModelConfig()
 
 
 class EnvironmentConfig(StrictModel):
@@ -47,9 +74,11 @@ class EnvironmentConfig(StrictModel):
     docker_host: str | None = None
     """Docker Engine API address; default: `DOCKER_HOST`, else the local Unix socket. A remote engine
     (anything but `unix://`) works only when nothing is mounted (no `ca_bundle`)."""
-    network_mode: Literal["host", "none"] = "host"
-    """Network for tasks that allow it (`no-network` tasks always get `none`). `host` keeps traffic on this
-    machine's interfaces; bridge networks are deliberately not offered."""
+    network_mode: Literal["bridge", "host", "none"] | None = None
+    """Network for tasks that need the internet (`public`); `no-network` and `allowlist` tasks always get
+    `none`, plus their model route. Default: the engine's `bridge` network where it has one; an engine without
+    a bridge needs an explicit choice. `host` shares this machine's network with the container: its loopback
+    services (the gateway's TCP port, any local server) and every address the host can reach."""
     n_concurrent_builds: int = Field(default=1, ge=1)
     """Image builds in flight at once. Images are prepared ahead of the trials that need them, so agents
     never wait for a build in their slot."""

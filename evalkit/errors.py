@@ -146,6 +146,36 @@ class AgentExitError(TrialError):
     kind = "agent"
 
 
+class AgentCrashError(TrialError):
+    """The agent's process died of a signal (exit code 128+N) or could not be started at all (126, 127)."""
+
+    kind = "agent"
+
+
+class AgentRateLimitedError(TrialError):
+    """The agent stopped because the model API kept answering 429 (rate limited), as its own output says."""
+
+    kind = "agent"
+
+
+class AgentContextWindowError(TrialError):
+    """The agent's conversation outgrew the model's context window, as the model API's answer says."""
+
+    kind = "agent"
+
+
+class AgentAuthenticationError(TrialError):
+    """The model API refused the agent's key (401/403): a key that was closed, or a route not its own."""
+
+    kind = "agent"
+
+
+class AgentModelError(TrialError):
+    """The model API failed the agent in another way (a 4xx/5xx it gave up on, an unreachable route)."""
+
+    kind = "agent"
+
+
 class ContainerLostError(TrialError):
     """The container stopped or vanished under the try (its keep-alive was killed, it ran out of memory)."""
 
@@ -201,6 +231,11 @@ TRIAL_ERROR_TYPES: dict[str, type[TrialError]] = {
         TryDeadlineError,
         AgentTimeoutError,
         AgentExitError,
+        AgentCrashError,
+        AgentRateLimitedError,
+        AgentContextWindowError,
+        AgentAuthenticationError,
+        AgentModelError,
         ContainerLostError,
         AgentProcessesSurvivedError,
         VerifierTimeoutError,

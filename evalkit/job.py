@@ -26,7 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from evalkit.adapters.harbor import TaskRef, resolve_tasks
-from evalkit.agents import create_agent
+from evalkit.agents import Agent, agent_factory
 from evalkit.cleanup import uncancellable
 from evalkit.concurrency import AdaptiveConcurrency, Limiter
 from evalkit.config import SECRET_MARK, JobConfig
@@ -55,7 +55,7 @@ from evalkit.results import (
 )
 from evalkit.serving import managed_llm_api
 from evalkit.tasks import Task, load_task
-from evalkit.trial import PhaseTimeouts, TrySpec, phase_timeouts, record_without_container, run_try
+from evalkit.trial import PhaseTimeouts, TrySpec, phase_timeouts, record_without_container, run_try, task_network
 
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
@@ -169,6 +169,8 @@ class Job:
         self._window_releases: dict[str, Callable[[], None]] = {}
         """Per trial whose image is prepared ahead: gives its look-ahead place to the next trial."""
         self._stoppers: list[Callable[[], object]] = []
+        self._make_agent: Callable[[], Agent] | None = None
+        """One agent per trial, from the `agent:` block checked once in `prepare()`."""
 
     # ----------------------------------------------------------------------------------------- preparation
 
@@ -192,7 +194,10 @@ class Job:
 
     async def _prepare(self) -> None:
         stored = await asyncio.to_thread(self._read_job_file)
-        create_agent(self.config.agent.name, self.config.agent.kwargs)  # a bad agent name fails here, not per trial
+        # A bad agent name or an unbuilt runtime fails here, once, not per trial.
+        self._make_agent = await asyncio.to_thread(
+            agent_factory, self.config.agent, has_model=self.config.llm_api is not None, base_dir=self.config.base_dir
+        )
         refs = await resolve_tasks(self.config.dataset, base_dir=self.config.base_dir, job_dir=self.job_dir)
         if not refs:
             raise ConfigError(f"{self.config.source}: dataset: the selection matches no task")
@@ -321,6 +326,7 @@ class Job:
                 if any(t.task is not None for t in pending):
                     backend = await connect_backend(self.config.environment, self.identity)
                     stack.push_async_callback(backend.close)
+                    self._check_networks(pending, backend)
                     await backend.sweep()
                 else:
                     await self._sweep_quietly()
@@ -421,9 +427,10 @@ class Job:
             spec = self._try_spec(trial)
             await self._record(trial, await record_without_container(spec, trial.ref.name, self.config.agent.name, trial.problem))
             return
-        assert trial.task is not None and backend is not None
-        agent = create_agent(self.config.agent.name, self.config.agent.kwargs)
-        timeouts = phase_timeouts(trial.task, self.config.timeouts)
+        assert trial.task is not None and backend is not None and self._make_agent is not None
+        task = trial.task
+        agent = self._make_agent()
+        timeouts = phase_timeouts(task, self.config.timeouts)
         try:
             if ready is not None:
                 await ready.wait()
@@ -435,18 +442,33 @@ class Job:
                     if (release_window := self._window_releases.pop(trial.name, None)) is not None:
                         release_window()
                     spec = self._try_spec(trial)
-                    environment_spec = self._environment_spec(trial.task, spec, timeouts)
-                    env = backend.environment(trial.task, environment_spec)
+                    env_spec = self._environment_spec(task, spec, timeouts, backend)
+
+                    def make_env(mounts: tuple[Mount, ...], env_spec: EnvironmentSpec = env_spec) -> Environment:
+                        return backend.environment(task, replace(env_spec, mounts=env_spec.mounts + mounts))
+
                     outages = backend.outages
-                    result = await run_try(spec, env, agent, timeouts, gateway,
+                    result = await run_try(spec, make_env, agent, timeouts, gateway,
                                            retry_if=lambda r: self._retry_decision(trial, r, backend, outages),
-                                           verifier_environments=_verifier_environments(backend, environment_spec))
+                                           verifier_environments=_verifier_environments(backend, env_spec))
                 await self._record(trial, result)
         finally:
             if (release_window := self._window_releases.pop(trial.name, None)) is not None:
                 release_window()
             if ready is not None:
                 await uncancellable(backend.release(trial.task))
+
+    def _check_networks(self, pending: list[Trial], backend: EnvironmentBackend) -> None:
+        """Before the first trial: every task that needs the internet must have a network to get."""
+        configured = self.config.environment.network_mode
+        for trial in pending:
+            if trial.task is not None and task_network(trial.task, configured, backend.internet_network) is None:
+                raise ConfigError(
+                    f"{self.config.source}: environment.network_mode: task {trial.ref.name!r} needs the internet "
+                    '(network_mode = "public" in its task.toml) and this engine has no bridge network to give it; '
+                    "set environment.network_mode: host (the container then shares this machine's network, its "
+                    "loopback services included) or none (the task runs offline)"
+                )
 
     def _try_spec(self, trial: Trial) -> TrySpec:
         name = trial.name if trial.next_try == 0 else f"{trial.name}-try{trial.next_try}"
@@ -463,7 +485,8 @@ class Job:
             download_max_files=environment.download_max_files,
         )
 
-    def _environment_spec(self, task: Task, spec: TrySpec, timeouts: PhaseTimeouts) -> EnvironmentSpec:
+    def _environment_spec(self, task: Task, spec: TrySpec, timeouts: PhaseTimeouts,
+                          backend: EnvironmentBackend) -> EnvironmentSpec:
         environment, task_env = self.config.environment, task.config.environment
         mounts, env = (), {}
         if environment.ca_bundle:
@@ -471,8 +494,7 @@ class Job:
             env = dict.fromkeys(_CA_ENV, _CA_PATH)
         return EnvironmentSpec(
             name=spec.try_name,
-            # Allowlists are not implemented: such a task gets no network rather than all of it.
-            network_mode="none" if task_env.network_mode in ("no-network", "allowlist") else environment.network_mode,
+            network_mode=task_network(task, environment.network_mode, backend.internet_network) or "none",
             resources=Resources(cpus=task_env.cpus, memory_mb=task_env.memory_mb, storage_mb=task_env.storage_mb,
                                 pids_limit=environment.pids_limit),
             mounts=mounts,

@@ -151,6 +151,10 @@ class AgentOutcome(BaseModel):
     timed_out: bool = False
     exit_code_is_error: bool = True
     """False for the oracle: Harbor records a reference solution's exit code and raises nothing."""
+    version: str | None = None
+    """The agent's version (a scaffold's pinned release), when it has one."""
+    model: str | None = None
+    """The model name the agent was given (`llm_api.model`); None without a gateway."""
     usage: ModelUsage | None = None
 
 

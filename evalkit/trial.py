@@ -28,17 +28,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evalkit.agents import Agent
+import orjson
+
+from evalkit.agents import Agent, AgentResult
+from evalkit.agents.base import agent_mounts, uses_route
 from evalkit.artifacts import CONVENTION_DIR, collect_artifacts, run_collect_hooks, upload_artifacts
 from evalkit.cleanup import uncancellable
 from evalkit.config import TimeoutsConfig
-from evalkit.environments import DownloadTarget, Environment
+from evalkit.environments import DownloadTarget, Environment, Mount
 from evalkit.environments.archive import DownloadedFiles
+from evalkit.environments.base import NetworkMode
 from evalkit.errors import (
     AgentExitError,
     AgentProcessesSurvivedError,
     AgentSetupError,
     AgentTimeoutError,
+    ConfigError,
     ContainerLostError,
     DockerUnavailableError,
     GatewayLostError,
@@ -46,6 +51,7 @@ from evalkit.errors import (
     TrialError,
     TryDeadlineError,
 )
+from evalkit.gateway.routes import CONTAINER_DIR
 from evalkit.healthcheck import run_healthcheck
 from evalkit.results import AgentOutcome, DownloadReport, ErrorInfo, PhaseTiming, StepResult, TrialResult, utcnow, write_json_atomic
 from evalkit.steps import combine_rewards, stop_reason
@@ -53,16 +59,18 @@ from evalkit.tasks import HealthcheckConfig, Task, TaskStep, VerifierPlan
 from evalkit.verifier import FRESH_DIRS, read_reward, run_tests
 
 if TYPE_CHECKING:
-    from evalkit.gateway import Gateway
+    from evalkit.gateway import Gateway, TrialAccess
 
 TRY_GRACE_SEC = 240.0
 """Beyond the sum of a try's phase timeouts (and the agent's grace): the engine's own steps (kill, copies,
 removal) must fit in it, or the try is cut (`TryDeadlineError`)."""
 TRAJECTORY_FILE = "litellm-trajectory.jsonl"
+AGENT_LOG_FILE = "agent-log.jsonl"
+"""A host-side agent's own log (`AgentResult.log`), written by the engine beside the trajectory."""
 VERDICT_FILE = "verdict.json"
 LOGS_DIR = "/logs"
 LOG_COPIES = (
-    ("agent", "agent", frozenset({TRAJECTORY_FILE})),
+    ("agent", "agent", frozenset({TRAJECTORY_FILE, AGENT_LOG_FILE})),
     ("verifier", "evaluation", frozenset({VERDICT_FILE})),
     ("artifacts", "artifacts", frozenset()),
 )
@@ -150,6 +158,22 @@ def phase_timeouts(task: Task, t: TimeoutsConfig) -> PhaseTimeouts:
     )
 
 
+def task_network(task: Task, configured: NetworkMode | None, internet: NetworkMode | None) -> NetworkMode | None:
+    """The network a task's container gets: `none` for `no-network` (and `allowlist`, which is not implemented:
+    such a task gets no network rather than all of it); for a task that needs the internet, the configured
+    mode, else the backend's own (`internet`). None when there is none to give (a config error for the job)."""
+    if task.config.environment.network_mode in ("no-network", "allowlist"):
+        return "none"
+    return configured or internet
+
+
+def route_mounts(agent: Agent, access: TrialAccess | None) -> tuple[Mount, ...]:
+    """The trial's model route, for an agent that runs in the container: its socket's directory, read-only."""
+    if access is None or not uses_route(agent):
+        return ()
+    return (Mount(access.socket_path.parent, str(CONTAINER_DIR)),)
+
+
 @dataclass(frozen=True)
 class TrySpec:
     """What to run and where its evidence goes."""
@@ -205,10 +229,11 @@ class _Run:
 
     spec: TrySpec
     task: Task
-    env: Environment
     agent: Agent
     result: TrialResult
     verifier_environments: VerifierEnvironments | None
+    env: Environment | None = None
+    """Made once the trial's route is open (it is mounted into the environment)."""
     access: Any = None
 
     async def copy_logs(self, targets: dict[str, str], env: Environment | None = None) -> DownloadedFiles:
@@ -239,7 +264,7 @@ class _Run:
 
 async def run_try(
     spec: TrySpec,
-    env: Environment,
+    make_env: Callable[[tuple[Mount, ...]], Environment],
     agent: Agent,
     timeouts: PhaseTimeouts,
     gateway: Gateway | None = None,
@@ -248,6 +273,8 @@ async def run_try(
 ) -> TrialResult:
     """Run every phase that can run, then write `evaluation/verdict.json` and `result.json`.
 
+    `make_env(mounts)` makes the try's environment with these read-only mounts added: the agent's runtime
+    tree and, for an in-container agent, the trial's model route (opened first, so it can be mounted).
     `retry_if` decides `will_retry` before the one write, so a crash can never separate a result from
     the decision to retry it. `verifier_environments` makes a separate verifier's environment (tasks whose
     verifier runs in the agent's environment need none)."""
@@ -255,7 +282,7 @@ async def run_try(
     assert task is not None
     result = new_result(spec, task.name, agent.name)
     result.warnings = list(task.warnings)
-    run = _Run(spec, task, env, agent, result, verifier_environments)
+    run = _Run(spec, task, agent, result, verifier_environments)
     current = "environment"
     agent_started = False
 
@@ -279,11 +306,15 @@ async def run_try(
 
     await _in_thread(spec.try_dir.mkdir, parents=True, exist_ok=True)
     deadline_sec = await asyncio.to_thread(timeouts.whole_try, task)  # verifier plans look at the task's files
+    route: TrialAccess | None = None  # kept past the key's closing: its directory is released after the container
     try:
         try:
             async with asyncio.timeout(deadline_sec) as deadline:
                 try:
                     with phase("environment"):
+                        if gateway is not None:  # before the container: its route is mounted at the start
+                            run.access = route = await gateway.open_trial(spec.try_name, spec.try_dir / "agent" / TRAJECTORY_FILE)
+                        run.env = env = make_env(agent_mounts(agent) + route_mounts(agent, route))
                         result.environment = await env.start()
                         if task.config.environment.healthcheck is not None:
                             await run_healthcheck(env, task.config.environment.healthcheck)
@@ -294,8 +325,6 @@ async def run_try(
                                 await agent.setup(env)
                         except TimeoutError:
                             raise AgentSetupError(f"agent setup outlived its timeout of {timeouts.agent_setup:g} s") from None
-                    if gateway is not None:
-                        run.access = await gateway.open_trial(spec.try_name, spec.try_dir / "agent" / TRAJECTORY_FILE)
                     agent_started = True
                     if task.steps:
                         current = "agent"
@@ -303,14 +332,15 @@ async def run_try(
                     else:
                         plan = task.verifier_plan()
                         with phase("agent"):
-                            result.agent_outcome = await _run_agent(agent, task, env, run.access, timeouts.agent, timeouts.grace)
-                            for problem in _agent_problems(result.agent_outcome, timeouts.agent):
+                            result.agent_outcome, problems = await _agent_phase(run, task, timeouts.agent, timeouts.grace,
+                                                                                spec.try_dir / "agent")
+                            for problem in problems:
                                 record(problem)
                             await _close_key(run, gateway)
                             await env.kill_agent_processes(then_empty=FRESH_DIRS)
                         with phase("verifier"):
                             result.rewards = await _verify(run, plan, timeouts.verifier, "")
-                except JobFailedError:
+                except (JobFailedError, ConfigError):  # the job's, not the try's (a remote engine and mounts)
                     raise
                 except Exception as exc:  # every failure of one try is that try's result, never the job's crash
                     record(exc)
@@ -328,9 +358,12 @@ async def run_try(
                                     f"and {timeouts.grace + TRY_GRACE_SEC:g} s of grace) in its {current} phase"))
     finally:
         try:
-            await uncancellable(env.stop())
+            if run.env is not None:
+                await uncancellable(run.env.stop())
         except Exception as exc:  # a container we could not remove is worth knowing about, not a crash
             record(exc)
+        if route is not None:  # no archive request of this try needs the route's mount source any more
+            await uncancellable(gateway.release_route(route))  # type: ignore[union-attr]
     result.finished_at = utcnow()
     decision = retry_if is not None and retry_if(result)
     result.will_retry = bool(await decision if inspect.isawaitable(decision) else decision)
@@ -339,12 +372,24 @@ async def run_try(
     return result
 
 
-def _agent_problems(outcome: AgentOutcome, timeout: float | None) -> list[TrialError]:
-    if outcome.timed_out:
-        return [AgentTimeoutError(f"the agent outlived its timeout of {timeout:g} s")]
-    if outcome.exit_code != 0 and outcome.exit_code is not None and outcome.exit_code_is_error:
-        return [AgentExitError(f"the agent exited with code {outcome.exit_code}")]
-    return []
+async def _agent_phase(run: _Run, task: Task, timeout: float | None, grace: float,
+                       log_dir: Path) -> tuple[AgentOutcome, list[TrialError]]:
+    """Run the agent; its outcome as recorded (scaffold version, model), its host-side log written to
+    `log_dir`, and what went wrong: a timeout, what the agent's own output says (rate limited, context
+    window, a crash), else a non-zero exit that counts as an error."""
+    assert run.env is not None
+    ran = await _run_agent(run.agent, task, run.env, run.access, timeout, grace)
+    outcome = AgentOutcome(exit_code=ran.exit_code, timed_out=ran.timed_out, exit_code_is_error=ran.exit_code_is_error,
+                           version=getattr(run.agent, "version", None), model=run.access.model if run.access else None)
+    if ran.log:
+        await _write_lines(log_dir / AGENT_LOG_FILE, ran.log)
+    if ran.timed_out:
+        return outcome, [AgentTimeoutError(f"the agent outlived its timeout of {timeout:g} s")]
+    if ran.error is not None:
+        return outcome, [ran.error]
+    if ran.exit_code != 0 and ran.exit_code is not None and ran.exit_code_is_error:
+        return outcome, [AgentExitError(f"the agent exited with code {ran.exit_code}")]
+    return outcome, []
 
 
 async def _close_key(run: _Run, gateway: Gateway | None) -> None:
@@ -448,9 +493,9 @@ async def _run_step(run: _Run, step: TaskStep, outcome: StepResult, timeouts: Ph
         return
     with phase("agent"):
         try:
-            outcome.agent_outcome = await _run_agent(run.agent, task.for_step(step), env, run.access, agent_timeout,
-                                                     timeouts.grace)
-            problems = _agent_problems(outcome.agent_outcome, agent_timeout)
+            step_logs = run.spec.try_dir / "agent" / "steps" / step.name
+            outcome.agent_outcome, problems = await _agent_phase(run, task.for_step(step), agent_timeout, timeouts.grace,
+                                                                 step_logs)
             if problems:
                 raise problems[0]
         finally:
@@ -483,14 +528,13 @@ async def _step_workdir(env: Environment, step: TaskStep, user: str | None) -> b
 
 
 async def _run_agent(agent: Agent, task: Task, env: Environment, access: Any, timeout: float | None,
-                     grace: float) -> AgentOutcome:
+                     grace: float) -> AgentResult:
     """The agent's run, bounded by the engine too: an agent that ignores its timeout (by `grace`) is cut off."""
     try:
         async with asyncio.timeout(None if timeout is None else timeout + grace):
-            outcome = await agent.run(task, env, model=access, timeout_sec=timeout)
+            return await agent.run(task, env, model=access, timeout_sec=timeout)
     except TimeoutError:
-        return AgentOutcome(timed_out=True)
-    return AgentOutcome(exit_code=outcome.exit_code, timed_out=outcome.timed_out, exit_code_is_error=outcome.exit_code_is_error)
+        return AgentResult(exit_code=None, timed_out=True)
 
 
 def _verdict(result: TrialResult) -> dict[str, Any]:
@@ -505,6 +549,17 @@ async def record_without_container(spec: TrySpec, task_name: str, agent: str, er
     await _in_thread(spec.try_dir.mkdir, parents=True, exist_ok=True)
     await _write(spec.try_dir / "result.json", result)
     return result
+
+
+async def _write_lines(path: Path, lines: Any) -> None:
+    """A JSONL file the host writes (never through anything the container made: `agent/` is ours until the
+    download, which then skips this name)."""
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"".join(orjson.dumps(line, default=str) + b"\n" for line in lines))
+
+    await _in_thread(write)
 
 
 async def _write(path: Path, data: Any) -> None:

@@ -20,7 +20,7 @@ from evalkit.results import DownloadReport, ImageSummary, ResourceEnvelope
 if TYPE_CHECKING:
     from evalkit.tasks import Task
 
-NetworkMode = Literal["host", "none"]
+NetworkMode = Literal["bridge", "host", "none"]
 LOG_DIRS = ("/logs/agent", "/logs/verifier", "/logs/artifacts")
 """Created inside every container at start, writable by any user (the task's user may not be root)."""
 
@@ -118,6 +118,11 @@ class FileReader(Protocol):
 
 
 class Environment(Protocol):
+    @property
+    def network_mode(self) -> NetworkMode:
+        """The container's network: an in-container agent reaches its model through the route on `none` and
+        `bridge`, and through the gateway's loopback port on `host`."""
+
     async def start(self) -> ResourceEnvelope:
         """Build or fetch the image, start the container, create the `/logs` directories, and remember
         which processes run before any agent code does. Returns what the container actually runs with."""
@@ -205,6 +210,9 @@ class EnvironmentBackend(Protocol):
 
     async def answers(self) -> bool:
         """Whether the engine answers right now; False starts an outage (new tries wait for `available`)."""
+    internet_network: NetworkMode | None
+    """The network a task that needs the internet gets unless the config names one (the engine's bridge);
+    None when the backend has none to offer."""
 
     def environment(self, task: Task, spec: EnvironmentSpec) -> Environment:
         """A new, not yet started environment for one try. Raises `ConfigError` for a spec the backend

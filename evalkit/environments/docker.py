@@ -41,6 +41,7 @@ from evalkit.environments.base import (
     ExecResult,
     FileMissingError,
     JobIdentity,
+    NetworkMode,
 )
 from evalkit.environments.images import ImageStore, tar_directory
 from evalkit.errors import (
@@ -174,8 +175,11 @@ class DockerBackend:
     waits, with backoff, until the engine answers again."""
 
     def __init__(self, client: aiodocker.Docker, job: JobIdentity, *, host: str, images: ImageStore,
-                 storage_capable: bool, outage_timeout_sec: float = 600.0) -> None:
+                 storage_capable: bool, outage_timeout_sec: float = 600.0,
+                 internet_network: NetworkMode | None = None) -> None:
         self.client = client
+        self.internet_network = internet_network
+        """`bridge` when the engine has its default bridge network, else None (this machine's engine)."""
         self.job = job
         self.host = host
         self.local = is_local(host)
@@ -220,8 +224,13 @@ class DockerBackend:
             buildkit=api >= (1, 39) and info.get("OSType", "linux") == "linux",
             engine=str(version.get("Version", "")),
         )
+        try:
+            await client.networks.get("bridge")
+            internet: NetworkMode | None = "bridge"
+        except aiodocker.DockerError:  # `dockerd --bridge=none`: only host and none
+            internet = None
         return cls(client, job, host=host, images=images, storage_capable=storage_capable,
-                   outage_timeout_sec=config.outage_timeout_sec)
+                   outage_timeout_sec=config.outage_timeout_sec, internet_network=internet)
 
     def environment(self, task: Task, spec: EnvironmentSpec) -> DockerEnvironment:
         if spec.mounts and not self.local:
@@ -650,6 +659,10 @@ class DockerEnvironment:
         if listing.exit_code != 0 or not entries:
             raise EnvironmentStartError(f"could not list the container's processes: {listing.output.strip()[:200]}")
         self._baseline = entries
+
+    @property
+    def network_mode(self) -> NetworkMode:
+        return self.spec.network_mode
 
     def _build_log(self) -> Path:
         return self.spec.build_log or Path(os.devnull)

@@ -248,7 +248,7 @@ def malformed(protocol: Protocol, body: dict[str, Any]) -> str | None:
         return "messages: Input should be a valid list"
     if not messages:
         return "messages: at least one message is required"
-    roles = ("user", "assistant") if anthropic else ("system", "developer", "user", "assistant", "tool", "function")
+    roles = ("user", "assistant", "system") if anthropic else ("system", "developer", "user", "assistant", "tool", "function")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             return f"messages.{i}: Input should be a valid dictionary"

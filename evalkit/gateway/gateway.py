@@ -34,7 +34,7 @@ from evalkit.cleanup import uncancellable
 from evalkit.errors import ConfigError, GatewayLostError, InfrastructureError
 from evalkit.gateway.config import LLMApiConfig, without_credentials
 from evalkit.gateway.control import Channel
-from evalkit.gateway.routes import RouteDirs, sweep_stale
+from evalkit.gateway.routes import RouteDirs, release, sweep_stale
 from evalkit.gateway.translate import price_of
 from evalkit.gateway.trials import TrialAccess, new_key
 from evalkit.results import ModelUsage
@@ -385,6 +385,15 @@ class Gateway:
         finally:
             process.trials.discard(api_key)
             del self._closing[api_key]
+
+    async def release_route(self, access: TrialAccess) -> None:
+        """Remove a closed trial's route directory; call it once no container mounts it any more."""
+        await asyncio.to_thread(_release, self.routes_dir, access.socket_path)
+
+
+def _release(routes_dir: Path, socket_path: Path) -> None:
+    if socket_path.parent.parent == routes_dir:  # only a route directory of this gateway
+        release(socket_path)
 
 
 def _addresses(api_base: str | None) -> list[str]:

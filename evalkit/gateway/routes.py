@@ -6,7 +6,8 @@ process that owns the trial. `<gateway>` is `<pid>-<random>`, the pid of the pro
 would replace) read-only at `CONTAINER_DIR`; the container can connect but neither delete nor replace it.
 A request arriving on a trial's socket is that trial's: anything but that trial's key gets a 401, so one
 trial cannot speak as another even with a key it learned. Closing the trial stops the listener, closes its
-connections and removes the directory.
+connections and removes the socket; the empty directory goes with `Gateway.release_route` (once the container
+that mounts it is gone) or when the gateway stops.
 
 Where and with which permissions, and why:
 - `<base>` is `$XDG_RUNTIME_DIR/evalkit` when that is set and yields a short path, else `/tmp/evalkit-<uid>`:
@@ -174,6 +175,21 @@ class TrialRoute:
         self._server.close()
 
     async def close(self) -> None:
+        """Stop serving and remove the socket. The (now empty) directory stays until `release`: a container
+        may still have it mounted, and Docker resolves bind sources again on every archive request, so a
+        missing one fails the copies that follow (the verifier's upload)."""
         self._server.close()
         await self._http.shutdown(CLOSE_GRACE_SEC)
-        await asyncio.to_thread(shutil.rmtree, self.socket_path.parent, True)
+        await asyncio.to_thread(_unlink, self.socket_path)
+
+
+def release(socket_path: Path) -> None:
+    """Remove a closed route's directory, once no container mounts it any more. Blocking."""
+    shutil.rmtree(socket_path.parent, ignore_errors=True)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

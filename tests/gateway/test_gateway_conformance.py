@@ -153,10 +153,10 @@ async def test_gateway_timeout_is_504_with_retry_after(upstream, serve, open_tri
         ({"messages": [{"role": "user", "content": "hi"}]}, "max_tokens: Field required"),
         ({"max_tokens": 5}, "messages: Field required"),
         ({"messages": "hi", "max_tokens": 5}, "messages: Input should be a valid list"),
-        ({"messages": [{"foo": 1}], "max_tokens": 5}, "messages.0.role: Input should be 'user' or 'assistant'"),
-        (
-            {"messages": [{"role": "system", "content": "x"}], "max_tokens": 5},
-            "messages.0.role: Input should be 'user' or 'assistant'",
+        ({"messages": [{"foo": 1}], "max_tokens": 5}, "messages.0.role: Input should be 'user' or 'assistant' or 'system'"),
+        (  # a mid-conversation `system` message (Claude Code sends one) is translated; other roles are not Anthropic's
+            {"messages": [{"role": "tool", "content": "x"}], "max_tokens": 5},
+            "messages.0.role: Input should be 'user' or 'assistant' or 'system'",
         ),
         ({"messages": [{"role": "user"}], "max_tokens": 5}, "messages.0.content: Field required"),
         (

@@ -125,12 +125,13 @@ async def test_closing_a_trial_or_the_gateway_removes_its_route(upstream, serve,
         async with uds_client(a) as kept_alive:
             assert (await kept_alive.post("/v1/chat/completions", json=CHAT, headers=bearer(a.api_key))).is_success
             await gw.close_trial(a.api_key)
-            assert not a.socket_path.parent.exists()
+            assert not a.socket_path.exists() and list(a.socket_path.parent.iterdir()) == []
             with pytest.raises(httpx.TransportError):  # the open keep-alive connection was closed with the trial
                 await kept_alive.post("/v1/chat/completions", json=CHAT, headers=bearer(a.api_key))
         async with uds_client(a) as fresh:
             with pytest.raises(httpx.ConnectError):
                 await fresh.post("/v1/chat/completions", json=CHAT, headers=bearer(a.api_key))
+        await gw.release_route(a)  # once no container mounts it
         routes = gw.routes_dir
         assert [p.name for p in routes.iterdir()] == [b.socket_path.parent.name]
     assert not routes.exists(), "the gateway's route directory outlived it"
