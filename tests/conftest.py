@@ -13,6 +13,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+HOST_NETWORK = {"environment": {"network_mode": "host"}}
+"""For jobs of public tasks: this machine's engine has no bridge network, so the host network is named
+explicitly (without a choice such a job is a config error)."""
 BENCHMARKS = REPO / "benchmarks"
 
 

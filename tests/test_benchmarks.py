@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from evalkit import evaluate
-from tests.conftest import BENCHMARKS, expected_outcomes, job_containers, read_json
+from tests.conftest import BENCHMARKS, HOST_NETWORK, expected_outcomes, job_containers, read_json
 
 pytestmark = pytest.mark.docker
 
@@ -22,7 +22,7 @@ async def test_smoke_and_faults_in_one_job(jobs_dir: Path):
         for name in expected_outcomes(bench)
     ]
     name = f"engine-bundled-{uuid.uuid4().hex[:6]}"
-    result = await evaluate({"job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4, "dataset": {"tasks": tasks}})
+    result = await evaluate({"job_name": name, **HOST_NETWORK, "jobs_dir": str(jobs_dir), "n_concurrent": 4, "dataset": {"tasks": tasks}})
 
     outcomes = {t.task_name: {"rewards": t.rewards, "error": t.error and t.error.type} for t in result.trials}
     assert outcomes == expected
@@ -57,8 +57,8 @@ async def test_smoke_and_faults_in_one_job(jobs_dir: Path):
 
 async def test_limits_from_task_toml_are_applied_and_recorded(jobs_dir: Path):
     result = await evaluate(
-        {"job_name": f"engine-limits-{uuid.uuid4().hex[:6]}", "jobs_dir": str(jobs_dir),
-         "dataset": {"name": "evalkit-smoke@1.0", "include": ["resource-limits"]}, "environment": {"pids_limit": 300}}
+        {"job_name": f"engine-limits-{uuid.uuid4().hex[:6]}", **HOST_NETWORK, "jobs_dir": str(jobs_dir),
+         "dataset": {"name": "evalkit-smoke@1.0", "include": ["resource-limits"]}, "environment": {"pids_limit": 300, "network_mode": "host"}}
     )
     (trial,) = result.trials
     limits = dict(line.split("=", 1) for line in (result.job_dir / trial.trial_name / "evaluation" / "limits.txt").read_text().splitlines())

@@ -28,7 +28,7 @@ from evalkit.environments import (
 from evalkit.environments.docker import DockerEnvironment, container_name
 from evalkit.errors import ConfigError
 from evalkit.tasks import load_task
-from tests.conftest import job_containers, write_task
+from tests.conftest import HOST_NETWORK, job_containers, write_task
 
 pytestmark = pytest.mark.docker
 
@@ -200,7 +200,7 @@ async def test_container_names_are_unique_per_try_whatever_the_task_name(tmp_pat
     tasks = tmp_path / "tasks"
     for name in ("任务", "工作"):
         write_task(tasks, name)
-    result = await evaluate({"job_name": f"engine-names-{uuid.uuid4().hex[:6]}", "jobs_dir": str(tmp_path / "jobs"),
+    result = await evaluate({"job_name": f"engine-names-{uuid.uuid4().hex[:6]}", **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"),
                              "n_concurrent": 2, "dataset": {"path": str(tasks)}})
     assert [t.rewards for t in result.trials] == [{"reward": 1.0}] * 2
 
@@ -236,7 +236,7 @@ async def test_agent_cannot_see_tests(tmp_path: Path):
         solve="if [ -e /tests ]; then echo saw > /tmp/out.txt; else echo done > /tmp/out.txt; fi",
         test='test "$(cat /tmp/out.txt)" = done && echo 1 > /logs/verifier/reward.txt || echo 0 > /logs/verifier/reward.txt',
     )
-    result = await evaluate({"job_name": f"engine-peek-{uuid.uuid4().hex[:6]}", "jobs_dir": str(tmp_path / "jobs"),
+    result = await evaluate({"job_name": f"engine-peek-{uuid.uuid4().hex[:6]}", **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"),
                              "dataset": {"path": str(tmp_path / "tasks")}})
     assert [t.rewards for t in result.trials] == [{"reward": 1.0}]
 
@@ -244,7 +244,7 @@ async def test_agent_cannot_see_tests(tmp_path: Path):
 async def test_image_built_once_across_trials_and_jobs(tmp_path: Path):
     marker = uuid.uuid4().hex  # a build context no earlier run has seen
     write_task(tmp_path / "tasks", "fresh", dockerfile=f"FROM debian:bookworm-slim\nRUN echo {marker} > /marker\n")
-    config = {"jobs_dir": str(tmp_path / "jobs"), "n_attempts": 3, "n_concurrent": 3, "dataset": {"path": str(tmp_path / "tasks")}}
+    config = {**HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "n_attempts": 3, "n_concurrent": 3, "dataset": {"path": str(tmp_path / "tasks")}}
     first = await evaluate({**config, "job_name": f"engine-build-a-{marker[:6]}"})
     assert first.summary.mean_reward == 1.0
     assert (first.summary.images.built, first.summary.images.reused) == (1, 0)
@@ -264,8 +264,8 @@ async def test_ca_bundle_is_mounted_read_only_and_advertised(tmp_path: Path):
         solve='grep -q evalkit-test-ca "$SSL_CERT_FILE" && ! echo x >> /etc/ssl/certs/ca-certificates.crt && echo done > /tmp/out.txt',
     )
     result = await evaluate(
-        {"job_name": f"engine-ca-{uuid.uuid4().hex[:6]}", "jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tmp_path / "tasks")},
-         "environment": {"ca_bundle": str(bundle)}}
+        {"job_name": f"engine-ca-{uuid.uuid4().hex[:6]}", **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tmp_path / "tasks")},
+         "environment": {"ca_bundle": str(bundle), "network_mode": "host"}}
     )
     assert [t.rewards for t in result.trials] == [{"reward": 1.0}]
     assert "evalkit-test-ca" in bundle.read_text() and "x\n" not in bundle.read_text()

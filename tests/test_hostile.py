@@ -17,7 +17,7 @@ import pytest
 
 from evalkit import evaluate
 from evalkit.errors import ConfigError
-from tests.conftest import BENCHMARKS, expected_outcomes, job_containers, run_cli, write_config, write_task
+from tests.conftest import BENCHMARKS, HOST_NETWORK, expected_outcomes, job_containers, run_cli, write_config, write_task
 
 pytestmark = pytest.mark.docker
 
@@ -55,7 +55,7 @@ async def test_every_attack_ends_as_expected_and_leaves_nothing_behind(tmp_path:
     name = f"engine-hostile-{uuid.uuid4().hex[:6]}"
     try:
         async with Listener() as listener:
-            result = await evaluate({"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_concurrent": 4,
+            result = await evaluate({"job_name": name, **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "n_concurrent": 4,
                                      "dataset": {"name": "evalkit-hostile@1.0"}})
     finally:
         CANARY.unlink()
@@ -106,7 +106,7 @@ async def test_the_loopback_probe_does_find_the_host_when_the_network_allows(tmp
     shutil.copytree(BENCHMARKS / "evalkit-hostile" / "loopback-probe", task)
     (task / "task.toml").write_text((task / "task.toml").read_text().replace('network_mode = "no-network"', 'network_mode = "public"'))
     async with Listener() as listener:
-        result = await evaluate({"job_name": f"engine-probe-{uuid.uuid4().hex[:6]}", "jobs_dir": str(tmp_path / "jobs"),
+        result = await evaluate({"job_name": f"engine-probe-{uuid.uuid4().hex[:6]}", **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"),
                                  "dataset": {"path": str(tmp_path / "tasks")}})
     assert [t.rewards for t in result.trials] == [{"reward": 0.0}]
     assert listener.connections >= 1
@@ -114,7 +114,7 @@ async def test_the_loopback_probe_does_find_the_host_when_the_network_allows(tmp
 
 def test_a_task_name_that_climbs_out_is_a_config_error(tmp_path: Path):
     write_task(tmp_path / "tasks", "t")
-    listed = write_config(tmp_path / "listed.yaml", {"job_name": "x", "jobs_dir": str(tmp_path / "jobs"),
+    listed = write_config(tmp_path / "listed.yaml", {"job_name": "x", **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"),
                                                       "dataset": {"tasks": [{"path": str(tmp_path / "tasks" / "t"), "name": "../escape"}]}})
     result = run_cli("run", str(listed), "--quiet")
     assert result.returncode == 2
@@ -122,7 +122,7 @@ def test_a_task_name_that_climbs_out_is_a_config_error(tmp_path: Path):
     registry = tmp_path / "registry.json"
     registry.write_text(json.dumps([{"name": "evil", "version": "1.0", "tasks": [
         {"name": "fine", "path": "tasks/t"}, {"name": "../../escape", "path": "tasks/t"}]}]))
-    from_registry = write_config(tmp_path / "registry.yaml", {"job_name": "y", "jobs_dir": str(tmp_path / "jobs"),
+    from_registry = write_config(tmp_path / "registry.yaml", {"job_name": "y", **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"),
                                                                "dataset": {"registry": str(registry), "name": "evil"}})
     result = run_cli("run", str(from_registry), "--quiet")
     assert result.returncode == 2
@@ -151,7 +151,7 @@ def test_task_names_are_checked_before_any_directory_is_made(name: str, problem:
 def test_local_tasks_linking_outside_are_refused(tmp_path: Path):
     task = write_task(tmp_path / "tasks", "linked")
     (task / "tests" / "data").symlink_to("/etc")
-    config = write_config(tmp_path / "c.yaml", {"job_name": "z", "jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tmp_path / "tasks")}})
+    config = write_config(tmp_path / "c.yaml", {"job_name": "z", **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tmp_path / "tasks")}})
     result = run_cli("run", str(config), "--quiet")
     assert result.returncode == 2
     assert result.stderr == (

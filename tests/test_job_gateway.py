@@ -11,7 +11,7 @@ import pytest
 
 from evalkit import evaluate
 from evalkit.agents import AgentResult
-from tests.conftest import write_task
+from tests.conftest import HOST_NETWORK, write_task
 from tests.gateway.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.docker
@@ -50,7 +50,7 @@ async def test_trials_reach_the_model_through_the_job_gateway(tmp_path: Path):
         result = await evaluate(
             {
                 "job_name": "engine-with-model",
-                "jobs_dir": str(tmp_path / "artifacts" / "jobs"),
+                **HOST_NETWORK, "jobs_dir": str(tmp_path / "artifacts" / "jobs"),
                 "n_concurrent": 2,
                 "dataset": {"path": str(tmp_path / "tasks")},
                 "agent": {"name": "tests.test_job_gateway:ProbeAgent"},

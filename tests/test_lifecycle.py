@@ -14,7 +14,7 @@ import pytest
 
 from evalkit import evaluate
 from evalkit.errors import ConfigError
-from tests.conftest import BENCHMARKS, job_containers, popen_cli, read_json, run_cli, write_config, write_task
+from tests.conftest import BENCHMARKS, HOST_NETWORK, job_containers, popen_cli, read_json, run_cli, write_config, write_task
 
 pytestmark = pytest.mark.docker
 
@@ -44,7 +44,7 @@ def wait_for(predicate, timeout: float = 120.0) -> None:
 def job_config(tmp_path: Path, name: str, tasks_dir: Path, **extra) -> Path:
     return write_config(
         tmp_path / f"{name}.yaml",
-        {"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_concurrent": 2, "dataset": {"path": str(tasks_dir)}, **extra},
+        {"job_name": name, **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "n_concurrent": 2, "dataset": {"path": str(tasks_dir)}, **extra},
     )
 
 
@@ -100,7 +100,7 @@ async def test_retries_keep_every_try(tmp_path: Path):
     result = await evaluate(
         {
             "job_name": unique("retried"),
-            "jobs_dir": str(tmp_path / "jobs"),
+            **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"),
             "dataset": {"tasks": [{"path": str(BENCHMARKS / "evalkit-faults" / "no-reward")}]},
             "retry": {"max_retries": 2, "include_errors": ["RewardFileMissingError"], "backoff_sec": 0.01},
         }
@@ -116,7 +116,7 @@ async def test_retries_keep_every_try(tmp_path: Path):
 async def test_changed_config_is_refused_on_resume(tmp_path: Path):
     tasks = slow_tasks(tmp_path / "tasks", 1, seconds=0)
     name = unique("changing")
-    base = {"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tasks)},
+    base = {"job_name": name, **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tasks)},
             "agent": {"name": "oracle", "kwargs": {}}}
     await evaluate(base)
     await evaluate({**base, "n_concurrent": 8})  # how fast is not what: allowed
@@ -129,7 +129,7 @@ async def test_changed_config_is_refused_on_resume(tmp_path: Path):
 
 async def test_a_changed_secret_is_noticed_and_never_shown(tmp_path: Path):
     tasks = slow_tasks(tmp_path / "tasks", 1, seconds=0)
-    base = {"job_name": unique("secret"), "jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tasks)},
+    base = {"job_name": unique("secret"), **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tasks)},
             "agent": {"name": "tests.test_lifecycle:KeyedNop", "kwargs": {"api_key": "sk-first-secret-1"}}}
     first = await evaluate(base)
     on_disk = (first.job_dir / "job.json").read_text() + (first.job_dir / "config.yaml").read_text()
@@ -169,7 +169,7 @@ def test_docker_unreachable_exits_3_and_the_job_is_not_marked_interrupted(tmp_pa
 
 
 def test_unknown_dataset_exits_2_with_suggestions(tmp_path: Path):
-    config = write_config(tmp_path / "cfg.yaml", {"job_name": "x", "jobs_dir": str(tmp_path / "jobs"), "dataset": {"name": "evalkit-smok"}})
+    config = write_config(tmp_path / "cfg.yaml", {"job_name": "x", **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "dataset": {"name": "evalkit-smok"}})
     result = run_cli("run", str(config), "--quiet")
     assert result.returncode == 2
     assert "unknown dataset 'evalkit-smok'" in result.stderr and "evalkit-smoke" in result.stderr
@@ -178,7 +178,7 @@ def test_unknown_dataset_exits_2_with_suggestions(tmp_path: Path):
 def test_missing_task_path_exits_2(tmp_path: Path):
     config = write_config(
         tmp_path / "cfg.yaml",
-        {"job_name": "x", "jobs_dir": str(tmp_path / "jobs"), "dataset": {"tasks": [{"path": str(tmp_path / "nope")}]}},
+        {"job_name": "x", **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "dataset": {"tasks": [{"path": str(tmp_path / "nope")}]}},
     )
     result = run_cli("run", str(config), "--quiet")
     assert result.returncode == 2
@@ -188,7 +188,7 @@ def test_missing_task_path_exits_2(tmp_path: Path):
 def test_cli_exit_1_when_trials_error(tmp_path: Path):
     config = write_config(
         tmp_path / "cfg.yaml",
-        {"job_name": unique("errs"), "jobs_dir": str(tmp_path / "jobs"),
+        {"job_name": unique("errs"), **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"),
          "dataset": {"tasks": [{"path": str(BENCHMARKS / "evalkit-faults" / "bad-reward")}]}},
     )
     result = run_cli("run", str(config))
@@ -258,7 +258,7 @@ async def test_two_jobs_with_one_name_in_different_directories_keep_their_contai
     name = unique("twin")
     tasks = slow_tasks(tmp_path / "tasks", 4, seconds=3)
     configs = [
-        write_config(tmp_path / f"{side}.yaml", {"job_name": name, "jobs_dir": str(tmp_path / side), "n_concurrent": 4,
+        write_config(tmp_path / f"{side}.yaml", {"job_name": name, **HOST_NETWORK, "jobs_dir": str(tmp_path / side), "n_concurrent": 4,
                                                   "dataset": {"path": str(tasks)}})
         for side in ("left", "right")
     ]
@@ -297,7 +297,7 @@ async def test_clean_keeps_the_containers_of_a_running_job(tmp_path: Path):
 
 
 async def test_job_files_are_readable_by_others(tmp_path: Path):
-    result = await evaluate({"job_name": unique("modes"), "jobs_dir": str(tmp_path / "jobs"),
+    result = await evaluate({"job_name": unique("modes"), **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"),
                              "dataset": {"path": str(slow_tasks(tmp_path / "tasks", 1, seconds=0))}})
     files = [p for p in result.job_dir.rglob("*") if p.is_file()]
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o644"}
@@ -379,7 +379,7 @@ def test_a_full_disk_stops_the_job_with_a_clear_error(tmp_path: Path):
 
 def test_an_unusable_jobs_directory_exits_3(tmp_path: Path):
     (tmp_path / "file").write_text("not a directory\n")
-    config = write_config(tmp_path / "cfg.yaml", {"job_name": "x", "jobs_dir": str(tmp_path / "file" / "jobs"),
+    config = write_config(tmp_path / "cfg.yaml", {"job_name": "x", **HOST_NETWORK, "jobs_dir": str(tmp_path / "file" / "jobs"),
                                                    "dataset": {"path": str(slow_tasks(tmp_path / "tasks", 1, seconds=0))}})
     result = run_cli("run", str(config), "--quiet")
     assert result.returncode == 3
@@ -394,7 +394,7 @@ async def test_a_failing_progress_callback_stops_the_job(tmp_path: Path):
 
     name = unique("callback")
     with pytest.raises(JobFailedError, match=r"^the progress callback raised ValueError: display broke$"):
-        await evaluate({"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_concurrent": 2,
+        await evaluate({"job_name": name, **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "n_concurrent": 2,
                         "dataset": {"path": str(slow_tasks(tmp_path / "tasks", 4, seconds=1))}}, on_progress=explode)
     summary = read_json(tmp_path / "jobs" / name / "results.json")
     assert summary["status"] == "failed" and summary["error"] == "the progress callback raised ValueError: display broke"

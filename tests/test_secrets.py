@@ -13,7 +13,7 @@ import pytest
 
 from evalkit import evaluate
 from evalkit.agents import AgentResult
-from tests.conftest import write_task
+from tests.conftest import HOST_NETWORK, write_task
 from tests.gateway.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.docker
@@ -57,7 +57,7 @@ async def test_no_secret_is_written_anywhere(route: str, tmp_path: Path, monkeyp
         with caplog.at_level(logging.DEBUG):
             result = await evaluate({
                 "job_name": f"engine-secrets-{uuid.uuid4().hex[:6]}",
-                "jobs_dir": str(tmp_path / "artifacts" / "jobs"),
+                **HOST_NETWORK, "jobs_dir": str(tmp_path / "artifacts" / "jobs"),
                 "dataset": {"path": str(tmp_path / "tasks")},
                 "agent": {"name": "tests.test_secrets:SecretProbe",
                           "kwargs": {"api_key": agent_key, "headers": {"Authorization": f"Bearer {bearer}"}}},

@@ -145,6 +145,7 @@ async def run_evalkit(tasks_dir: Path, concurrency: int, jobs_dir: Path) -> floa
         "n_concurrent": concurrency,
         "dataset": {"path": str(tasks_dir)},
         "agent": {"name": "oracle"},
+        "environment": {"network_mode": "host"},  # as the floor's containers (this engine has no bridge)
     }
     start = time.perf_counter()
     result = await evaluate(config)
@@ -159,7 +160,8 @@ async def main(n_tasks: int, levels: list[int], repeat: int) -> dict:
         tasks_dir = make_tasks(root, n_tasks)
         tasks = sorted(tasks_dir.iterdir())
         # Build the shared image once, outside the timings (evalkit names images by context hash).
-        await evaluate({"job_name": "warmup", "jobs_dir": str(root / "warmup"), "dataset": {"path": str(tasks_dir), "n_tasks": 1}})
+        await evaluate({"job_name": "warmup", "jobs_dir": str(root / "warmup"), "dataset": {"path": str(tasks_dir), "n_tasks": 1},
+                        "environment": {"network_mode": "host"}})
         async with aiodocker.Docker() as docker:  # evalkit's tag: the context's hash and the FROM image's id
             base = (await docker.images.inspect("debian:bookworm-slim"))["Id"]
         image = build_tag(context_hash(tasks[0] / "environment"), [("debian:bookworm-slim", base)])

@@ -6,6 +6,7 @@ import pytest
 
 from evalkit.api import evaluate
 from tests.adapters.conftest import GitRemote, write_registry
+from tests.conftest import HOST_NETWORK
 
 
 def versioned_task(name: str, version: str) -> dict[str, str]:
@@ -34,7 +35,7 @@ async def test_an_oracle_job_on_git_tasks_at_three_kinds_of_commit(tmp_path):
     ])
     result = await evaluate({
         "job_name": "engine-gitjob",
-        "jobs_dir": str(tmp_path / "jobs"),
+        **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"),
         "dataset": {"registry": str(registry), "name": "gitbench@1.0", "cache_dir": str(tmp_path / "cache")},
         "agent": {"name": "oracle"},
     })

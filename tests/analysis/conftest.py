@@ -14,7 +14,7 @@ import pytest
 
 from evalkit import evaluate
 from evalkit.agents import AgentResult
-from tests.conftest import BENCHMARKS, write_task
+from tests.conftest import BENCHMARKS, HOST_NETWORK, write_task
 from tests.gateway.fake_upstream import Fail, FakeUpstream, Reply
 
 RUN = uuid.uuid4().hex[:8]
@@ -116,7 +116,7 @@ async def _make_jobs(root: Path) -> Jobs:
     jobs_dir = root / "artifacts" / "jobs"
     registry = str(BENCHMARKS / "registry.json")
     smoke = {"name": "evalkit-smoke@1.0", "registry": registry}
-    common = {"jobs_dir": str(jobs_dir), "n_concurrent": 4}
+    common = {**HOST_NETWORK, "jobs_dir": str(jobs_dir), "n_concurrent": 4}
     oracle = await evaluate({**common, "job_name": f"analysis-oracle-{RUN}", "n_attempts": 2, "dataset": smoke,
                              "agent": {"name": "oracle"}})
     nop = await evaluate({**common, "job_name": f"analysis-nop-{RUN}", "dataset": smoke, "agent": {"name": "nop"}})

@@ -31,7 +31,7 @@ from evalkit import evaluate
 from evalkit.agents import AgentResult
 from evalkit.analysis.analyze import analyze_job
 from evalkit.analysis.archives import create_archive
-from tests.conftest import BENCHMARKS, REPO, write_task
+from tests.conftest import BENCHMARKS, HOST_NETWORK, REPO, write_task
 from tests.gateway.fake_upstream import FakeUpstream, Reply
 
 RUN = uuid.uuid4().hex[:8]
@@ -142,7 +142,7 @@ async def _make_jobs(root: Path) -> Jobs:
     artifacts = root / "artifacts"
     jobs_dir = artifacts / "jobs"
     smoke = {"name": "evalkit-smoke@1.0", "registry": str(BENCHMARKS / "registry.json")}
-    common = {"jobs_dir": str(jobs_dir), "n_concurrent": 4}
+    common = {**HOST_NETWORK, "jobs_dir": str(jobs_dir), "n_concurrent": 4}
     oracle = await evaluate({**common, "job_name": f"dashboard-oracle-{RUN}", "n_attempts": 2, "dataset": smoke,
                              "agent": {"name": "oracle"}})
     nop = await evaluate({**common, "job_name": f"dashboard-nop-{RUN}", "dataset": smoke, "agent": {"name": "nop"}})

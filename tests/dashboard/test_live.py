@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from evalkit.dashboard.index import runner_active
-from tests.conftest import popen_cli, write_config, write_task
+from tests.conftest import HOST_NETWORK, popen_cli, write_config, write_task
 from tests.dashboard.conftest import RUN, Tab, Viewer
 
 N_TASKS = 4
@@ -22,7 +22,7 @@ def test_a_running_job_s_page_updates_itself_until_the_job_finishes(tab: Tab, tm
         write_task(tasks, f"slow-{i}", solve="sleep 2; echo done > /tmp/out.txt")
     name = f"dashboard-live-{RUN}"
     config = write_config(tmp_path / "config.yaml", {
-        "job_name": name, "jobs_dir": str(artifacts / "jobs"), "n_concurrent": 1,
+        "job_name": name, **HOST_NETWORK, "jobs_dir": str(artifacts / "jobs"), "n_concurrent": 1,
         "dataset": {"path": str(tasks)}, "agent": {"name": "oracle"}})
     viewer = Viewer(artifacts)
     run = popen_cli("run", str(config), "--quiet")
