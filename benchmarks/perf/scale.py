@@ -71,7 +71,8 @@ async def run_evalkit(tasks: Path, jobs: Path, name: str, *, attempts: int, conc
         "n_concurrent": concurrency,
         "n_concurrent_max": 64,
         "dataset": {"path": str(tasks), **({"n_tasks": n_tasks} if n_tasks else {})},
-        "environment": {"n_concurrent_builds": 2, **({"image_cache_gb": budget_gb} if budget_gb is not None else {})},
+        "environment": {"n_concurrent_builds": 2, "network_mode": "host",  # this engine has no bridge network
+                        **({"image_cache_gb": budget_gb} if budget_gb is not None else {})},
     }
     cpu, start = cpu_seconds(), time.perf_counter()
     result = await evaluate(config)

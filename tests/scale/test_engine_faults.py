@@ -114,7 +114,7 @@ async def test_an_engine_restart_mid_job_pauses_the_queue_and_every_trial_is_sco
         write_task(tmp_path / "tasks", f"r{i}", solve="sleep 3; echo done > /tmp/out.txt")
     name = unique("restart")
     config = {"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_concurrent": 4,
-              "environment": {"docker_host": engine.host}, "dataset": {"path": str(tmp_path / "tasks")}}
+              "environment": {"docker_host": engine.host, "network_mode": "host"}, "dataset": {"path": str(tmp_path / "tasks")}}
     job = asyncio.ensure_future(evaluate(config))
     try:
         for _ in range(600):
@@ -198,7 +198,7 @@ async def test_a_remote_engine_runs_the_smoke_benchmark_through_the_seam(tmp_pat
     name = unique("remote")
     async with Forwarder() as forwarder:
         result = await evaluate({"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_concurrent": 4,
-                                 "environment": {"docker_host": f"tcp://127.0.0.1:{forwarder.port}"},
+                                 "environment": {"docker_host": f"tcp://127.0.0.1:{forwarder.port}", "network_mode": "host"},
                                  "dataset": {"tasks": [{"path": str(BENCHMARKS / "evalkit-smoke" / t)} for t in expected]}})
         assert forwarder.connections > 0  # every engine call went through the "remote" address
     outcomes = {t.task_name: {"rewards": t.rewards, "error": t.error and t.error.type} for t in result.trials}

@@ -15,7 +15,7 @@ import pytest
 
 from evalkit import evaluate
 from evalkit.environments.images import build_image, dockerfile_bases, dockerfile_features, parse_reference
-from tests.conftest import BENCHMARKS, job_containers, write_task
+from tests.conftest import BENCHMARKS, HOST_NETWORK, job_containers, write_task
 from tests.scale.conftest import BASE, images_labelled, remove_images, unique
 
 pytestmark = pytest.mark.docker
@@ -73,7 +73,7 @@ async def test_a_base_image_whose_first_pull_fails_is_retried_and_the_trial_pass
     name = unique("pull")
     jobs = tmp_path / "jobs"
     try:
-        job = asyncio.ensure_future(evaluate({"job_name": name, "jobs_dir": str(jobs), "dataset": {"path": str(tmp_path / "tasks")}}))
+        job = asyncio.ensure_future(evaluate({"job_name": name, **HOST_NETWORK, "jobs_dir": str(jobs), "dataset": {"path": str(tmp_path / "tasks")}}))
         await asyncio.wait_for(tag_after_first_failure(jobs / name / "images" / "late-base.log", base), timeout=120)
         result = await asyncio.wait_for(job, timeout=300)
     finally:
@@ -89,7 +89,7 @@ async def test_a_base_image_whose_first_pull_fails_is_retried_and_the_trial_pass
 async def test_a_base_that_never_comes_is_an_infrastructure_error_retried_by_the_job(tmp_path: Path):
     base = f"{unique('never')}:1"
     write_task(tmp_path / "tasks", "no-base", dockerfile=f"FROM {base}\n")
-    result = await evaluate({"job_name": unique("never"), "jobs_dir": str(tmp_path / "jobs"),
+    result = await evaluate({"job_name": unique("never"), **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"),
                              "retry": {"max_retries": 1, "backoff_sec": 0},
                              "dataset": {"path": str(tmp_path / "tasks")}})
     (trial,) = result.trials
@@ -103,7 +103,7 @@ async def test_a_failing_run_step_is_the_tasks_error_and_never_retried(tmp_path:
     marker = unique("run")
     write_task(tmp_path / "tasks", "bad-run", dockerfile=f"FROM {BASE}\nRUN echo {marker} && exit 3\n")
     name = unique("badrun")
-    result = await evaluate({"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_attempts": 3, "n_concurrent": 3,
+    result = await evaluate({"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_attempts": 3, "n_concurrent": 3, **HOST_NETWORK,
                              "retry": {"max_retries": 2, "backoff_sec": 0},  # the default policy: infrastructure errors only
                              "dataset": {"path": str(tmp_path / "tasks")}})
     assert result.summary.n_tries == 3 and result.summary.errors == {"EnvironmentBuildError": 3}
@@ -123,7 +123,7 @@ async def test_eviction_keeps_every_image_a_pending_trial_needs(tmp_path: Path):
         write_task(tmp_path / "tasks", f"e{i}", dockerfile=f"FROM {BASE}\nRUN echo {marker}-{i} > /id\n")
     name = unique("evict")
     result = await evaluate({"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_attempts": 3, "n_concurrent": 2,
-                             "environment": {"image_cache_gb": 0, "n_concurrent_builds": 2},
+                             "environment": {"image_cache_gb": 0, "n_concurrent_builds": 2, "network_mode": "host"},
                              "dataset": {"path": str(tmp_path / "tasks")}})
     summary = result.summary
     assert (summary.n_finished, summary.mean_reward, summary.errors) == (18, 1.0, {})
@@ -138,7 +138,7 @@ async def test_buildkit_features_build_and_a_missing_feature_is_named(tmp_path: 
         shutil.copytree(BENCHMARKS / "evalkit-harbor-format" / task, tasks / task)
         dockerfile = tasks / task / "environment" / "Dockerfile"
         dockerfile.write_text(dockerfile.read_text() + f"LABEL nonce={unique('bk')}\n")  # built by this run
-    result = await evaluate({"job_name": unique("buildkit"), "jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tasks)}})
+    result = await evaluate({"job_name": unique("buildkit"), **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tasks)}})
     by_task = {t.task_name: t for t in result.trials}
     assert (by_task["buildkit-features"].rewards, by_task["buildkit-features"].error) == ({"reward": 1.0}, None)
     heredoc = by_task["buildkit-heredoc"].error
@@ -161,7 +161,7 @@ async def test_a_changed_base_image_is_never_silently_reused(tmp_path: Path):
     task = tmp_path / "tasks" / "changed-base"
     shutil.copytree(BENCHMARKS / "evalkit-harbor-format" / "changed-base", task)
     (task / "environment" / "Dockerfile").write_text(f"FROM {base}\nWORKDIR /app\n")
-    config = {"jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tmp_path / "tasks")}}
+    config = {**HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "dataset": {"path": str(tmp_path / "tasks")}}
     names = [unique("gen1"), unique("gen2")]
     try:
         async with aiodocker.Docker() as docker:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from evalkit import evaluate
-from tests.conftest import job_containers, read_json, run_cli, write_config, write_task
+from tests.conftest import HOST_NETWORK, job_containers, read_json, run_cli, write_config, write_task
 from tests.scale.conftest import unique
 
 pytestmark = pytest.mark.docker
@@ -22,7 +22,7 @@ async def test_150_tries_in_flight_with_short_execs_and_timeouts_all_complete(tm
     for i in range(50):
         write_task(tmp_path / "tasks", f"busy-{i:02d}")
     name = unique("150")
-    result = await evaluate({"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_attempts": 3, "n_concurrent": 150,
+    result = await evaluate({"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_attempts": 3, "n_concurrent": 150, **HOST_NETWORK,
                              "agent": {"name": "tests.scale.agents:ShortExecsAgent"},
                              "dataset": {"path": str(tmp_path / "tasks")}})
     summary = result.summary
@@ -33,7 +33,7 @@ async def test_150_tries_in_flight_with_short_execs_and_timeouts_all_complete(tm
 async def test_a_stuck_custom_agent_is_cut_off_and_its_container_removed(tmp_path: Path):
     write_task(tmp_path / "tasks", "stuck", task_toml="[agent]\ntimeout_sec = 1\n[verifier]\ntimeout_sec = 30\n")
     name = unique("stuck")
-    result = await evaluate({"job_name": name, "jobs_dir": str(tmp_path / "jobs"),
+    result = await evaluate({"job_name": name, **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"),
                              "agent": {"name": "tests.scale.agents:StuckAgent"}, "timeouts": {"grace_sec": 1},
                              "dataset": {"path": str(tmp_path / "tasks")}})
     (trial,) = result.trials
@@ -48,7 +48,7 @@ def test_retry_errors_reruns_exactly_the_errored_trials_and_keeps_every_try(tmp_
     write_task(tasks, "no-reward", test="true")  # RewardFileMissingError until fixed below
     write_task(tasks, "agent-fails", solve="exit 4")  # AgentExitError (the verifier still gives 0)
     name = unique("rerun")
-    config = write_config(tmp_path / "job.yaml", {"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_attempts": 2,
+    config = write_config(tmp_path / "job.yaml", {"job_name": name, **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"), "n_attempts": 2,
                                                  "agent": {"name": "tests.scale.agents:StrictOracle"},
                                                  "dataset": {"path": str(tasks)}})
     first = run_cli("run", str(config), "--quiet")
@@ -82,7 +82,7 @@ async def test_auto_concurrency_records_the_levels_it_chose(tmp_path: Path):
     for i in range(16):
         write_task(tmp_path / "tasks", f"auto-{i:02d}", solve="sleep 1; echo done > /tmp/out.txt")
     name = unique("auto")
-    result = await evaluate({"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_concurrent": "auto",
+    result = await evaluate({"job_name": name, "jobs_dir": str(tmp_path / "jobs"), "n_concurrent": "auto", **HOST_NETWORK,
                              "n_concurrent_max": 6, "dataset": {"path": str(tmp_path / "tasks")}})
     summary = result.summary
     assert (summary.n_finished, summary.mean_reward) == (16, 1.0)
