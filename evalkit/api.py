@@ -31,7 +31,7 @@ def as_config(config: JobConfig | dict[str, Any] | str | Path, overrides: dict[s
     return config_from_dict(config, overrides=overrides)
 
 
-async def _prepared(config: JobConfig, **job_options: Any) -> Job:
+async def prepare_job(config: JobConfig, **job_options: Any) -> Job:
     """A prepared `Job` (lock taken, tasks loaded), its unrunnable tasks and warnings logged."""
     job = Job(config, **job_options)
     await job.prepare()
@@ -53,7 +53,7 @@ async def evaluate(
     """Run (or resume) a job to the end and return its summary (with `summary.metrics`) and trial results.
     `retry_errors` runs again the trials whose final try ended in an error of those types or kinds (`[]`: any),
     keeping every try."""
-    job = await _prepared(as_config(config, overrides), on_progress=on_progress, retry_errors=retry_errors)
+    job = await prepare_job(as_config(config, overrides), on_progress=on_progress, retry_errors=retry_errors)
     try:
         return await job.run()
     finally:
@@ -78,7 +78,7 @@ async def evaluate_iter(
         if not result.will_retry:
             finished.put_nowait(result)
 
-    job = await _prepared(as_config(config, overrides), on_progress=on_progress, retry_errors=retry_errors)
+    job = await prepare_job(as_config(config, overrides), on_progress=on_progress, retry_errors=retry_errors)
     try:
         for trial in job.trials:
             if trial.final is not None:

@@ -142,8 +142,14 @@ class Job:
     prepares and then does not run calls `close()`."""
 
     def __init__(self, config: JobConfig, *, on_progress: ProgressCallback | None = None,
-                 retry_errors: Collection[str] | None = None) -> None:
+                 retry_errors: Collection[str] | None = None, agent: Callable[[], Agent] | None = None,
+                 model_routes: Any = None) -> None:
+        """`agent` and `model_routes` are for embedders (`evalkit.training`): a maker of agents instead of the
+        `agent:` block's, and an in-process stand-in for the gateway (its `open_trial`/`close_trial`/
+        `release_route`) instead of one built from `llm_api`."""
         self.config = config
+        self._agent = agent
+        self._model_routes = model_routes
         self.retry_errors = retry_errors
         """`--retry-errors`: rerun trials whose final try ended in an error of these types or kinds (empty:
         any error), keeping every earlier try; None: finished trials stay finished."""
@@ -195,7 +201,7 @@ class Job:
     async def _prepare(self) -> None:
         stored = await asyncio.to_thread(self._read_job_file)
         # A bad agent name or an unbuilt runtime fails here, once, not per trial.
-        self._make_agent = await asyncio.to_thread(
+        self._make_agent = self._agent or await asyncio.to_thread(
             agent_factory, self.config.agent, has_model=self.config.llm_api is not None, base_dir=self.config.base_dir
         )
         refs = await resolve_tasks(self.config.dataset, base_dir=self.config.base_dir, job_dir=self.job_dir)
@@ -330,8 +336,8 @@ class Job:
                     await backend.sweep()
                 else:
                     await self._sweep_quietly()
-                gateway = None
-                if self.config.llm_api is not None and backend is not None:
+                gateway = self._model_routes
+                if gateway is None and self.config.llm_api is not None and backend is not None:
                     llm_api = await stack.enter_async_context(  # Mode B: start the model servers it names
                         managed_llm_api(self.config.llm_api, log_dir=self.model_server_logs, base_dir=self.config.base_dir)
                     )

@@ -27,6 +27,8 @@ class Sampling:
     temperature: float | None = None
     logprobs: bool = False
     """Ask for the sampled tokens' logprobs (and, from vLLM, their ids)."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Passed to the server's chat template (vLLM, llama.cpp), e.g. `{"enable_thinking": False}`."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ class HTTPModelClient:
             body["temperature"] = sampling.temperature
         if sampling.logprobs:
             body["logprobs"] = True
+        if sampling.chat_template_kwargs is not None:
+            body["chat_template_kwargs"] = sampling.chat_template_kwargs
         try:
             async with self._session.post(self.url, data=orjson.dumps(body),
                                           headers={"Content-Type": "application/json"}) as response:

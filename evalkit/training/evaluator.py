@@ -1,11 +1,12 @@
 """`BenchmarkEvaluator`: score a benchmark every N training steps from inside the training service's own event
 loop, and get a `dict[str, float]` back while training goes on.
 
-`engine="harbor"`: evalkit's container engine runs the agent (the `agent` block; default the built-in `evalkit`
-agent) and the verifiers; the agent reaches the checkpoint over HTTP through the job's gateway, in front of the
-server evalkit starts for `model_path` (Mode B, `llm_api.serve`) or of the endpoint the caller names (`llm_api`).
-The live-sampler path (any other engine: the built-in agent driven by an in-process sampler) and
-`chat_template` need the built-in agent and are refused until it is part of evalkit.
+Two engines, one scorer: verifiers always run in evalkit's containers, and the agent is the built-in `evalkit`
+agent with the evaluator's `chat_template` (on `engine="harbor"` another agent may be named instead).
+- `engine="harbor"`: the agent reaches the checkpoint over HTTP through the job's gateway, in front of the server
+  evalkit starts for `model_path` (Mode B, `llm_api.serve`) or of the endpoint the caller names (`llm_api`).
+- any other engine: the live-sampler path. The agent calls the in-process `sampler` directly (no HTTP); every
+  call is still written to the trial's trajectory in the gateway's schema.
 Each eval is one evalkit job (`<workspace>/jobs/<name>-<run>-step<N>`): re-evaluating a step resumes it.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.analysis.reader import read_trajectory
-from evalkit.api import evaluate
+from evalkit.api import prepare_job
 from evalkit.config import JobConfig, config_from_dict
 from evalkit.job import JobResult
 from evalkit.metrics import primary_reward
@@ -81,11 +82,11 @@ class BenchmarkEvaluator:
     metrics: list[str] = field(default_factory=list)
     """e.g. `["pass@3", "pass^3", "avg"]`; empty → mean reward and pass rate."""
     chat_template: dict[str, Any] = field(default_factory=dict)
-    """`system_prompt`, `user_template`, `enable_thinking` for the built-in agent (refused until it is here)."""
+    """`system_prompt`, `user_template` (with `{instruction}`), `enable_thinking`: the same on both engines."""
     limit: int | None = None
     """Score only the first N tasks: quick in-loop snapshots of a large benchmark."""
     engine: str = ""
-    """`harbor`: the checkpoint over HTTP through the gateway (the only engine until the built-in agent lands)."""
+    """`harbor`: the checkpoint over HTTP through the gateway; anything else: the in-process sampler."""
     model_name: str | None = None
     """The model name the agent sends (default: the evaluator's name)."""
     workspace_dir: Any = None
@@ -105,16 +106,21 @@ class BenchmarkEvaluator:
     """`engine="harbor"`: the job's `llm_api` block (an endpoint already serving the checkpoint); default: serve
     `model_path` (llama.cpp for a `.gguf`, else vLLM)."""
     agent: dict[str, Any] = field(default_factory=dict)
-    """The job's `agent` block (default `{"name": "evalkit"}`); any agent that calls the job's model."""
+    """More of the built-in agent's block (`model.max_turns`, `env`, `kwargs`); on `engine="harbor"` another
+    agent's whole block (`name`: a built-in scaffold or `pkg.module:Class`)."""
     job: dict[str, Any] = field(default_factory=dict)
     """More job config (`environment`, `timeouts`, `retry`, `error_policy`, `min_coverage`)."""
     store_timeout_sec: float = 30.0
     """A store that takes longer is abandoned (and logged): a slow dashboard must not stall training."""
 
     def __post_init__(self) -> None:
-        if self.chat_template:
-            raise ValueError(f"evaluator {self.name!r}: chat_template shapes the built-in evalkit agent's prompts, "
-                             "which this evalkit does not have yet")
+        from evalkit.training.sampler import ChatTemplate
+
+        agent = self.agent.get("name", "evalkit")
+        if agent != "evalkit" and (self.chat_template or self.engine != "harbor"):
+            raise ValueError(f"evaluator {self.name!r}: agent {agent!r}: chat_template and the live-sampler path drive "
+                             "the built-in evalkit agent; another agent needs engine='harbor' and no chat_template")
+        self._template = ChatTemplate.model_validate(self.chat_template)
         self._benchmark = Benchmark.of(self.benchmark)
 
     def is_due(self, step: int) -> bool:
@@ -139,7 +145,10 @@ class BenchmarkEvaluator:
         return config_from_dict(data, base_dir=self.workspace, source=f"BenchmarkEvaluator({self.name!r})")
 
     def _agent_block(self) -> dict[str, Any]:
-        return {"name": "evalkit", **self.agent}
+        block = {"name": "evalkit", **self.agent}
+        if block["name"] == "evalkit":
+            block["model"] = {"max_tokens": self.max_tokens, "temperature": self.temperature, **block.get("model", {})}
+        return block
 
     def _serve(self, model_path: str | None) -> dict[str, Any]:
         if not model_path:
@@ -150,16 +159,36 @@ class BenchmarkEvaluator:
     async def evaluate(self, sampler: Any, *, model_path: str | None = None, step: int | None = None) -> dict[str, float]:
         """Run one eval and return `MetricsReport.flat()`: each metric, its `/se`, `/ci_low`, `/ci_high`, and
         `coverage`. With `store` and `run_id` set, the eval and its rollouts are recorded (best-effort)."""
-        if self.engine != "harbor":
-            raise ValueError(f"evaluator {self.name!r}: the live-sampler path (engine={self.engine!r}) drives the "
-                             "built-in evalkit agent, which this evalkit does not have yet; use engine='harbor'")
-        result = await evaluate(self.job_config(model_path=model_path, step=step))
+        config = self.job_config(model_path=model_path, step=step)
+        job = await prepare_job(config, **self._builtin_agent(config, sampler))
+        try:
+            result = await job.run()
+        finally:
+            job.close()
         metrics = result.summary.metrics
         assert metrics is not None
         flat = metrics.flat()
         if self.store is not None and self.run_id is not None:
             await self._record(result, flat, step)
         return flat
+
+    def _builtin_agent(self, config: JobConfig, sampler: Any) -> dict[str, Any]:
+        """The built-in agent made here, with the chat template on its model client, and on the live-sampler path
+        `SamplerRoutes` where the gateway would be (`Job(agent=…, model_routes=…)`); {} for another agent."""
+        if config.agent.name != "evalkit":
+            return {}
+        from evalkit.agents import EvalkitAgent, HTTPModelClient, ModelClient
+        from evalkit.gateway import TrialAccess
+        from evalkit.training.sampler import ChatTemplateClient, SamplerRoutes
+
+        routes = None if self.engine == "harbor" else SamplerRoutes(sampler, self.model_name or self.name)
+
+        def connect(access: TrialAccess) -> ModelClient:
+            inner = routes.client(access) if routes else HTTPModelClient(access.base_url, access.api_key, access.model)
+            return ChatTemplateClient(inner, self._template)
+
+        agent = config.agent
+        return {"agent": lambda: EvalkitAgent(agent, **agent.kwargs, client=connect), "model_routes": routes}
 
     async def _record(self, result: JobResult, flat: dict[str, float], step: int | None) -> None:
         assert self.store is not None and self.run_id is not None
