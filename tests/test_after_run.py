@@ -84,8 +84,9 @@ async def test_clean_removes_outputs_and_keeps_archives(tmp_path: Path):
     cleaned = run_cli("clean", "--artifacts-dir", str(artifacts))
     assert cleaned.returncode == 0, cleaned.stderr
     lines = cleaned.stdout.splitlines()
-    assert re.fullmatch(r"removed \d+ container\(s\)", lines[0])  # leftovers of dead jobs on this engine
-    assert re.fullmatch(rf"removed \d+ path\(s\) under {re.escape(str(artifacts))}", lines[1])
+    # other lines may name leftovers of dead jobs, or running jobs' containers kept, on a shared engine
+    assert any(re.fullmatch(r"removed \d+ container\(s\)", line) for line in lines), lines
+    assert any(re.fullmatch(rf"removed \d+ path\(s\) under {re.escape(str(artifacts))}", line) for line in lines), lines
     assert not (artifacts / "jobs" / name).exists()
     assert not (artifacts / "logs" / "old.log").exists()
     assert (artifacts / "archives" / "run_001" / "metadata.yaml").is_file()
