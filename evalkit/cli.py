@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     from evalkit.analysis.cli import add_parser as add_analysis_parser
     from evalkit.dashboard.cli import add_parser as add_view_parser
     from evalkit.gateway.cli import add_parser as add_gateway_parser
+    from evalkit.loadtest.cli import add_parser as add_loadtest_parser
     from evalkit.runtimes import add_parser as add_runtime_parser
     from evalkit.serving import add_parser as add_serve_parser
 
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_parser(subparsers)
     add_view_parser(subparsers)
     add_serve_parser(subparsers)
+    add_loadtest_parser(subparsers)
     return parser
 
 

@@ -375,15 +375,17 @@ def _dotted(path: tuple[Any, ...]) -> str:
     return out or "<root>"
 
 
-def format_validation_error(exc: ValidationError, source: str, lines: dict[tuple[Any, ...], int]) -> str:
-    """One line per problem: `file:line: dotted.key: what is wrong`."""
+def format_validation_error(
+    exc: ValidationError, source: str, lines: dict[tuple[Any, ...], int], root: type[BaseModel] | None = None
+) -> str:
+    """One line per problem: `file:line: dotted.key: what is wrong` (`root`: the validated model, default JobConfig)."""
     problems = []
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
         line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
         where = f"{source}:{line}" if line else source
         if err["type"] == "extra_forbidden":
-            what = f"unknown key{_suggest_key(exc.title, loc)}"
+            what = f"unknown key{_suggest_key(root or JobConfig, loc)}"
         elif err["type"] == "missing":
             what = "required key is missing"
         else:
@@ -394,8 +396,8 @@ def format_validation_error(exc: ValidationError, source: str, lines: dict[tuple
     return "invalid config:\n  " + "\n  ".join(problems)
 
 
-def _suggest_key(model_name: str, loc: tuple[Any, ...]) -> str:
-    model: type[BaseModel] | None = JobConfig
+def _suggest_key(root: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] | None = root
     for part in loc[:-1]:
         field = model.model_fields.get(str(part)) if model else None
         model = _model_of(field.annotation) if field else None
