@@ -64,6 +64,11 @@ class StepReport(BaseModel):
     """From the first request sent to the last answer."""
     requests_per_sec: float
     """Completed requests per second."""
+    sent_per_sec: float | None
+    """The rate requests were sent at: (requests − 1) / (last send − first send)."""
+    latency_growth: float | None
+    """Median end-to-end latency of the last third of requests (by send time) over the first third's: about 1 on
+    a server that keeps up; growing with the step's length when a queue builds."""
     output_tokens_per_sec: float
     """Output tokens of completed requests per second, over the whole step."""
     ttft_ms: Percentiles | None
@@ -168,6 +173,12 @@ def step_report(
         hits = [failed for replica, failed in routes if replica == index]
         per_replica[name] = ReplicaShare(requests=len(hits), errors=sum(hits), share=len(hits) / max(1, len(routes)))
     tpot = [(o.end - o.sent - o.ttft) / (o.output_tokens - 1) for o in ok if o.ttft is not None and o.output_tokens > 1]
+    sends = sorted(o.sent for o in outcomes)
+    span = sends[-1] - sends[0] if sends else 0.0
+    by_send = sorted(ok, key=lambda o: o.sent)
+    third = len(by_send) // 3
+    early = percentiles([o.end - o.sent for o in by_send[:third]]) if third else None
+    late = percentiles([o.end - o.sent for o in by_send[-third:]]) if third else None
     return StepReport(
         load=load,
         requests=len(outcomes),
@@ -176,6 +187,8 @@ def step_report(
         error_rate=sum(errors.values()) / len(outcomes) if outcomes else 0.0,
         duration_sec=window,
         requests_per_sec=len(ok) / window if window > 0 else 0.0,
+        sent_per_sec=(len(sends) - 1) / span if span > 0 else None,
+        latency_growth=late.p50 / early.p50 if early and late and early.p50 > 0 else None,
         output_tokens_per_sec=tokens / window if window > 0 else 0.0,
         ttft_ms=percentiles([o.ttft for o in ok if o.ttft is not None]),
         itl_ms=percentiles([gap for o in ok for gap in o.gaps]),
@@ -192,8 +205,10 @@ def step_report(
 THROUGHPUT_GAIN = 0.1
 """A load increase is 'used' when throughput grows by at least this share of it (×2 load → ≥ ×1.1 req/s)."""
 LATENCY_GROWTH = 1.25
+QUEUE_GROWTH = 2.0
+"""An open-loop step is saturated when its last third of requests took this many times longer than its first…"""
 RATE_SHORTFALL = 0.9
-"""An open-loop step is saturated when fewer than this share of the offered requests/s complete."""
+"""…and fewer than this share of the rate requests were sent at completed."""
 QUEUEING_TTFT = 3.0
 """TTFT this many times the lightest step's, and more than half of end-to-end latency: requests queue."""
 
@@ -205,10 +220,14 @@ def saturation(steps: list[StepReport], arrival: str) -> Saturation:
     base = steps[0] if steps else None
     for prev, step in zip([None, *steps], steps, strict=False):
         found = []
-        if arrival != "concurrency" and step.requests_per_sec < RATE_SHORTFALL * step.load:
+        if (
+            arrival != "concurrency" and step.latency_growth is not None and step.latency_growth >= QUEUE_GROWTH
+            and step.sent_per_sec is not None and step.requests_per_sec < RATE_SHORTFALL * step.sent_per_sec
+        ):
             found.append(
-                f"at {step.load:g} req/s offered only {step.requests_per_sec:.1f} completed per second: "
-                "the server cannot keep up"
+                f"at {step.load:g} req/s offered ({step.sent_per_sec:.1f} sent per second) only "
+                f"{step.requests_per_sec:.1f} completed per second and the last requests took "
+                f"×{step.latency_growth:.1f} as long as the first: a queue builds, the server cannot keep up"
             )
         if prev is not None and step.load > prev.load and prev.requests_per_sec > 0 and prev.e2e_ms and step.e2e_ms:
             load_ratio = step.load / prev.load

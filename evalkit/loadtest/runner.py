@@ -137,13 +137,12 @@ class Step:
     # ------------------------------------------------------------------------------------------ synthetic
 
     async def synthetic(self, requests: SyntheticRequests) -> None:
-        counter = itertools.count()
         async with asyncio.TaskGroup() as group:
             if self.config.arrival == "concurrency":
 
                 async def worker() -> None:
                     while self.budget.take():
-                        await self._one(requests.call(next(counter)))
+                        await self._one(requests.next_call())
 
                 for _ in range(int(self.load)):
                     group.create_task(worker())
@@ -155,7 +154,7 @@ class Step:
                 await asyncio.sleep(max(0.0, start + offset - loop.time()))
                 if not self.budget.take():
                     break
-                group.create_task(self._one(requests.call(next(counter))))
+                group.create_task(self._one(requests.next_call()))
                 offset += 1 / self.load if self.config.arrival == "rate" else rng.expovariate(self.load)
 
     # --------------------------------------------------------------------------------------------- replay

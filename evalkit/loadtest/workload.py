@@ -10,6 +10,7 @@ always on the addresses the user gave).
 
 from __future__ import annotations
 
+import itertools
 import random
 import string
 from dataclasses import dataclass
@@ -67,7 +68,8 @@ class ReplaySet:
 
 
 class SyntheticRequests:
-    """Request `i` of a synthetic workload: a unique first line, then filler text of the asked length."""
+    """The requests of a synthetic workload, numbered across the whole sweep: a unique first line each (so no
+    step reuses another's prompts), then filler text of the asked length."""
 
     def __init__(self, workload: SyntheticWorkload, model: str) -> None:
         self.workload, self.model = workload, model
@@ -76,8 +78,10 @@ class SyntheticRequests:
         filler = " ".join(rng.choices(words, k=workload.prompt_tokens * CHARS_PER_TOKEN // 5 + 1))
         self._filler = filler[: max(0, workload.prompt_tokens * CHARS_PER_TOKEN - 40)]
         self._nonce = rng.getrandbits(48)
+        self._count = itertools.count()
 
-    def call(self, i: int) -> Call:
+    def next_call(self) -> Call:
+        i = next(self._count)
         text = f"Request {self._nonce:x}-{i}. Continue this text: {self._filler}"
         message = [{"role": "user", "content": text}]
         n = self.workload.output_tokens
