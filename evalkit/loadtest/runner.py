@@ -51,7 +51,7 @@ class Budget:
     """The step's bounds: requests left to send, and the time after which none is sent."""
 
     def __init__(self, max_requests: int, duration_sec: float) -> None:
-        self.left = max_requests
+        self.total = self.left = max_requests
         self.deadline = time.monotonic() + duration_sec
 
     @property
@@ -63,6 +63,15 @@ class Budget:
             return False
         self.left -= 1
         return True
+
+    def reserve(self, calls: int) -> int:
+        """Room for a whole replayed trial (so `max_requests` never cuts one short), or 0. A trial longer than
+        the whole budget gets all of it, when nothing else has been sent."""
+        if not self.open or (calls > self.left and self.left < self.total):
+            return 0
+        granted = min(calls, self.left)
+        self.left -= granted
+        return granted
 
 
 @dataclass
@@ -121,14 +130,13 @@ class Step:
         if self._on_outcome is not None:
             self._on_outcome(self.index, outcome)
 
-    async def _open(self) -> tuple[int, Route]:
-        i = next(self._ids)
+    async def _open(self, i: int) -> Route:
         trial_id = f"step{self.index}-{i:06d}"
         self.trial_ids.append(trial_id)
-        return i, await self.target.open(trial_id)
+        return await self.target.open(trial_id)
 
     async def _one(self, call: Call) -> None:
-        _, route = await self._open()
+        route = await self._open(next(self._ids))
         try:
             await self._send(call, route)
         finally:
@@ -160,11 +168,17 @@ class Step:
     # --------------------------------------------------------------------------------------------- replay
 
     async def replay(self, replays: ReplaySet) -> None:
+        instances = itertools.count()
+
         async def slot() -> None:
-            while self.budget.open:
-                i, route = await self._open()
+            while True:
+                i = next(instances)
+                plan = replays.trials[i % len(replays.trials)]
+                if not (granted := self.budget.reserve(len(plan.calls))):
+                    return
+                route = await self._open(i)
                 try:
-                    await self._replay_trial(replays.trials[i % len(replays.trials)], route, i)
+                    await self._replay_trial(plan, route, i, granted)
                 finally:
                     await uncancellable(self.target.close(route))
 
@@ -172,27 +186,24 @@ class Step:
             for _ in range(int(self.load)):
                 group.create_task(slot())
 
-    async def _replay_trial(self, plan: TrialPlan, route: Route, instance: int) -> None:
-        """Each call waits for the call it followed when recorded, then for its think-time, then is sent."""
+    async def _replay_trial(self, plan: TrialPlan, route: Route, instance: int, calls: int) -> None:
+        """Each call waits for the call it followed when recorded, then for its think-time, then is sent; the
+        first `calls` calls only, and none after the step's duration."""
         answered = [asyncio.Event() for _ in plan.calls]
-        stopped = False
 
         async def call_task(k: int, call: Call) -> None:
-            nonlocal stopped
             try:
                 if call.after is not None:
                     await answered[call.after].wait()
                 if call.think_sec:
                     await asyncio.sleep(call.think_sec)
-                if stopped or not self.budget.take():
-                    stopped = True  # the step's bounds end the trial here
-                    return
-                await self._send(call, route, instance)
+                if time.monotonic() < self.budget.deadline:
+                    await self._send(call, route, instance)
             finally:
                 answered[k].set()
 
         async with asyncio.TaskGroup() as group:
-            for k, call in enumerate(plan.calls):
+            for k, call in enumerate(plan.calls[:calls]):
                 group.create_task(call_task(k, call))
 
 
