@@ -7,6 +7,7 @@ does not accept connections or the gateway could not start, 130 interrupted (the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ def loadtest_command(args: argparse.Namespace) -> int:
 
 async def run_with_progress(config: Any, *, quiet: bool = False) -> int:
     """The sweep with a progress bar per step on stderr, then a summary table; returns the exit code."""
+    from evalkit.cli import EXIT_INTERRUPTED
     from evalkit.loadtest.runner import REPORT_NAME, run_loadtest
 
     console = Console(stderr=True)
@@ -118,8 +120,13 @@ async def run_with_progress(config: Any, *, quiet: bool = False) -> int:
         errors[index] += outcome.error is not None
         bar.update(tasks[index], advance=1, errors=errors[index])
 
-    with bar:
-        report = await run_loadtest(config, on_outcome=on_outcome, on_step=on_step)
+    try:
+        with bar:
+            report = await run_loadtest(config, on_outcome=on_outcome, on_step=on_step)
+    except asyncio.CancelledError:  # Ctrl-C: run_loadtest stopped everything and wrote the finished steps
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        print(f"evalkit: interrupted; finished steps are in {config.output_dir / REPORT_NAME}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not quiet:
         console.print(summary_table(report))
         for reason in report.saturation.reasons:
