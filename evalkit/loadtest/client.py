@@ -52,63 +52,81 @@ def headers_for(protocol: str, api_key: str | None) -> dict[str, str]:
     return headers
 
 
-def _openai_event(data: dict[str, Any], out: Outcome) -> bool:
-    """Whether an OpenAI chat chunk carries output; usage and in-stream errors are noted in `out`."""
-    if data.get("error"):
-        out.error, out.detail = "stream", str(data["error"])[:200]
-    usage = data.get("usage")
-    if usage and usage.get("completion_tokens") is not None:
-        out.output_tokens = int(usage["completion_tokens"])
-    for choice in data.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or delta.get("tool_calls"):
+_OPENAI_OUTPUT = (b'"content":"', b'"reasoning_content":"', b'"reasoning":"')
+_NEEDS_PARSE = (b'"usage"', b'"error"')
+
+
+def _openai_output(payload: bytes) -> bool:
+    """Whether an OpenAI chat chunk carries output, by a byte scan (a load generator must stay cheap): a
+    non-empty text, reasoning or any tool-call delta."""
+    if b'"tool_calls"' in payload:
+        return True
+    for key in _OPENAI_OUTPUT:
+        at = payload.find(key)
+        if at >= 0 and payload[at + len(key) : at + len(key) + 1] != b'"':
             return True
     return False
 
 
-def _anthropic_event(data: dict[str, Any], out: Outcome) -> bool:
-    kind = data.get("type")
-    if kind == "content_block_delta":
+def _openai_event(payload: bytes, out: Outcome) -> bool:
+    if any(key in payload for key in _NEEDS_PARSE):
+        data = orjson.loads(payload)
+        if isinstance(data, dict):
+            if data.get("error"):
+                out.error, out.detail = "stream", str(data["error"])[:200]
+            usage = data.get("usage")
+            if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+                out.output_tokens = int(usage["completion_tokens"])
+    return _openai_output(payload)
+
+
+def _anthropic_event(payload: bytes, out: Outcome) -> bool:
+    if b'"content_block_delta"' in payload:
         return True
-    if kind == "message_delta" and (data.get("usage") or {}).get("output_tokens") is not None:
-        out.output_tokens = int(data["usage"]["output_tokens"])
-    elif kind == "error":
-        out.error, out.detail = "stream", str(data.get("error"))[:200]
+    if b'"message_delta"' in payload or b'"error"' in payload:
+        data = orjson.loads(payload)
+        if isinstance(data, dict) and data.get("type") == "error":
+            out.error, out.detail = "stream", str(data.get("error"))[:200]
+        elif isinstance(data, dict) and (data.get("usage") or {}).get("output_tokens") is not None:
+            out.output_tokens = int(data["usage"]["output_tokens"])
     return False
 
 
 async def _read_stream(response: aiohttp.ClientResponse, protocol: str, out: Outcome) -> None:
+    """Events are split from whole network reads (one await per read, not per line); each read's events get
+    the time it arrived."""
     on_event = _anthropic_event if protocol.startswith("anthropic") else _openai_event
+    anthropic = protocol.startswith("anthropic")
     finished = False
     counted = 0
     last: float | None = None
-    async for line in response.content:
-        if not line.startswith(b"data:"):
-            continue
+    pending = b""
+    async for chunk in response.content.iter_any():
         now = time.perf_counter()
-        out.events += 1
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            finished = True
-            continue
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            out.error, out.detail = "invalid", "an event that is not JSON"
-            return
-        if not isinstance(data, dict):
-            continue
-        if on_event(data, out):
-            counted += 1
-            if last is None:
-                out.ttft = now - out.sent
-            else:
-                out.gaps.append(now - last)
-            last = now
-        if out.error:
-            return
-        if data.get("type") == "message_stop":
-            finished = True
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            out.events += 1
+            payload = line[5:].strip()
+            if (b'"message_stop"' in payload) if anthropic else payload == b"[DONE]":
+                finished = True
+                continue
+            try:
+                output = on_event(payload, out)
+            except orjson.JSONDecodeError:
+                out.error, out.detail = "invalid", "an event that is not JSON"
+                return
+            if out.error:
+                return
+            if output:
+                counted += 1
+                if last is None:
+                    out.ttft = now - out.sent
+                else:
+                    out.gaps.append(now - last)
+                last = now
     if not finished:
         out.error, out.detail = "stream", "the stream ended without its final event"
     elif not out.output_tokens:
