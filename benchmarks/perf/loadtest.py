@@ -158,7 +158,7 @@ async def record(root: Path, upstream_url: str) -> dict[str, Path]:
         trials = []
         for protocol, job in jobs.items():
             for i in range(RECORDED_TRIALS):
-                access = gateway.open_trial(f"{protocol}-{i}", job / f"t{i}__0" / "agent" / "litellm-trajectory.jsonl")
+                access = await gateway.open_trial(f"{protocol}-{i}", job / f"t{i}__0" / "agent" / "litellm-trajectory.jsonl")
                 run = _openai_trial if protocol == "openai" else _anthropic_trial
                 trials.append((access, run(access, random.Random(f"{protocol}{i}"))))
         async with asyncio.TaskGroup() as group:

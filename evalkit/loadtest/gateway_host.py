@@ -57,7 +57,7 @@ async def _serve(out_dir: Path) -> int:
             while line := await reader.readline():
                 command = orjson.loads(line)
                 if "open" in command:
-                    access = gateway.open_trial(command["open"], trajectory_of(out_dir, command["open"]))
+                    access = await gateway.open_trial(command["open"], trajectory_of(out_dir, command["open"]))
                     reply({"key": access.api_key})
                 else:
                     await gateway.close_trial(command["close"])
