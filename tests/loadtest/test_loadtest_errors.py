@@ -196,3 +196,16 @@ async def test_ctrl_c_stops_the_gateway_and_writes_the_finished_steps(tmp_path: 
     assert '"interrupted": true' in report and '"steps": []' in report
     assert gateway_hosts(out) == []
     assert not list(out.glob(".loadtest.json.*")), "no half-written report"
+
+
+async def test_a_gateway_that_cannot_start_is_a_config_error_and_leaves_no_process(tmp_path: Path) -> None:
+    async with TimedServer() as server:
+        path = _yaml(tmp_path, "model: m\nsynthetic: {}\nllm_api:\n  model: m\n  deployments:\n"
+                               f"    - {{model: hosted_vllm/m, api_base: '{server.url}', api_key_env: EVALKIT_LT_UNSET}}\n")
+        run = await loadtest_cli(str(path), out=tmp_path / "out")
+    assert server.arrivals == []
+    assert run.code == 2, run.stderr
+    assert run.stderr.strip() == ("evalkit: error: llm_api.deployments[0].api_key_env: environment variable "
+                                  "EVALKIT_LT_UNSET is not set")
+    assert gateway_hosts(tmp_path / "out") == []
+    assert not (tmp_path / "out" / "loadtest.json").exists()
