@@ -62,6 +62,8 @@ SYSTEM_BYTES, TOOL_OUTPUT_BYTES = 8 * 1024, 10 * 1024
 THINK_SEC = (0.3, 1.5)
 CACHE = Path.home() / ".cache" / "evalkit"
 PROXY_START_TIMEOUT_SEC = 180
+RECORD_TIMEOUT = 120.0
+"""The recording's clients wait long (and retry): on a shared machine under heavy load a connect can take seconds."""
 PROXY_KEY_ENV = "EVALKIT_BENCH_LITELLM_KEY"
 """LiteLLM's proxy refuses to start without a master key; a random one, handed to the load test by variable."""
 
@@ -111,7 +113,7 @@ def _text(rng: random.Random, size: int) -> str:
 async def _openai_trial(access: Any, rng: random.Random) -> None:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=access.base_url, api_key=access.api_key, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=access.base_url, api_key=access.api_key, max_retries=2, timeout=RECORD_TIMEOUT)
     messages: list[dict[str, Any]] = [{"role": "system", "content": _text(rng, SYSTEM_BYTES)},
                                       {"role": "user", "content": "Fix the failing test in /app."}]
     try:
@@ -131,7 +133,8 @@ async def _openai_trial(access: Any, rng: random.Random) -> None:
 async def _anthropic_trial(access: Any, rng: random.Random) -> None:
     import anthropic
 
-    client = anthropic.AsyncAnthropic(base_url=access.anthropic_base_url, api_key=access.api_key, max_retries=0)
+    client = anthropic.AsyncAnthropic(base_url=access.anthropic_base_url, api_key=access.api_key, max_retries=2,
+                                      timeout=RECORD_TIMEOUT)
     system = [{"type": "text", "text": _text(rng, SYSTEM_BYTES), "cache_control": {"type": "ephemeral"}}]
     messages: list[dict[str, Any]] = [{"role": "user", "content": "Fix the failing test in /app."}]
     try:

@@ -135,13 +135,17 @@ def plan_trial(name: str, recorded: list[dict[str, Any]], model: str, scale: flo
         endpoint = str(record.get("endpoint") or "").split("?", 1)[0]
         protocol = ENDPOINTS.get(endpoint)
         request = record.get("request")
+        reason = None
         if protocol is None:
-            skipped[f"endpoint {endpoint or '(none)'}"] = skipped.get(f"endpoint {endpoint or '(none)'}", 0) + 1
+            reason = f"endpoint {endpoint or '(none)'}"
+        elif not isinstance(request, dict):
+            reason = "request not recorded as JSON"
+        elif record.get("messages_incomplete"):
+            reason = "messages incomplete in the recording"
+        if reason is not None:
+            skipped[reason] = skipped.get(reason, 0) + 1
             continue
-        if not isinstance(request, dict):
-            skipped["request not recorded as JSON"] = skipped.get("request not recorded as JSON", 0) + 1
-            continue
-        request = {**request, "model": model}
+        request = {**request, "model": model}  # a copy: the reader's calls share their message objects
         stream = bool(request.get("stream")) and protocol != "anthropic_count_tokens"
         if stream and protocol == "openai_chat" and "stream_options" not in request:
             request["stream_options"] = {"include_usage": True}  # to count output tokens; messages unchanged

@@ -4,6 +4,7 @@ behind (no output written for a refused test, no gateway process after one)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -209,3 +210,37 @@ async def test_a_gateway_that_cannot_start_is_a_config_error_and_leaves_no_proce
                                   "EVALKIT_LT_UNSET is not set")
     assert gateway_hosts(tmp_path / "out") == []
     assert not (tmp_path / "out" / "loadtest.json").exists()
+
+
+async def test_a_replay_sends_only_known_endpoints_on_the_given_address_and_reports_what_it_skipped(
+    tmp_path: Path,
+) -> None:
+    def line(seq: int, endpoint: str, **fields: object) -> str:
+        call = {"v": 1, "trial_id": "t", "seq": seq, "endpoint": endpoint, "protocol": "openai_chat", "stream": True,
+                "status": 200, "timing": {"start": 100.0 + seq, "first_byte": 100.1 + seq, "end": 100.2 + seq}}
+        return json.dumps({**call, **fields}) + "\n"
+
+    messages = [{"role": "user", "content": "hello"}]
+    trajectory = tmp_path / "job" / "t__0" / "agent" / "litellm-trajectory.jsonl"
+    trajectory.parent.mkdir(parents=True)
+    trajectory.write_text(
+        line(0, "/v1/chat/completions", request={"model": "recorded", "messages": messages, "stream": True})
+        + line(1, "http://127.0.0.1:9/v1/chat/completions", request={"model": "x", "messages": messages})
+        + line(2, "/v1/responses", request={"model": "x", "input": "hi"})
+        + line(3, "/v1/chat/completions", request_raw="not json")
+        + '{"torn": '
+    )
+    async with TimedServer(ttft=0.01, itl=0.001, tokens=2) as server:
+        run = await loadtest_cli("--replay", str(tmp_path / "job"), "--endpoint", server.url, "--model", "m",
+                                 "--max-requests", "1", out=tmp_path / "out")
+    assert run.code == 0, run.stderr
+    assert run.report["replay"] == {
+        "trials": 1, "calls": 1,
+        "skipped": {"endpoint http://127.0.0.1:9/v1/chat/completions": 1, "endpoint /v1/responses": 1,
+                    "request not recorded as JSON": 1},
+        "problems": ["t__0/agent/litellm-trajectory.jsonl: line 5 is not a JSON object (torn: no newline)"],
+    }
+    assert [(a.path, a.body["model"], a.body["messages"]) for a in server.arrivals] == [
+        ("/v1/chat/completions", "m", messages)
+    ]
+    assert server.arrivals[0].body["stream_options"] == {"include_usage": True}
