@@ -11,7 +11,9 @@
      direct  — straight to the upstream: the client's own cost and latency, the baseline;
      gateway — through an evalkit gateway that `evalkit loadtest` starts in its own process (`llm_api`);
      litellm — through LiteLLM's proxy server (`litellm --config`, the pinned LiteLLM with its `proxy` extra, in a
-               throwaway venv under ~/.cache/evalkit/, installed here on first use — never in the project's venv).
+               throwaway venv under ~/.cache/evalkit/, installed here on first use — never in the project's venv),
+               warmed up with `--warmup` s of unmeasured calls (its first calls import most of LiteLLM), then one
+               sweep per load so its process tree's CPU and memory are read around each step.
    OpenAI trials show pass-through; Anthropic trials against the OpenAI-only upstream show translation
    (gateway: Anthropic → OpenAI; LiteLLM: its /v1/messages adapter). Direct Anthropic trials use the upstream's
    native /v1/messages.
@@ -20,8 +22,8 @@
    at the same load), and the issue's targets checked. Ratios come from this one run.
 
 Bounded: every step stops sending after `--duration` s (and `--max-requests`); a run takes about
-6 × (2 × duration + drain) + start-ups: ~10 minutes at the defaults (plus a few minutes for the first
-LiteLLM proxy install). All traffic stays on 127.0.0.1; every process started here is stopped by PID.
+6 × (2 × duration + drain) + 2 × warm-up + start-ups: ~10–15 minutes at the defaults (plus a few minutes for
+the first LiteLLM proxy install). All traffic stays on 127.0.0.1; every process started here is stopped by PID.
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import orjson  # noqa: E402
 import uvloop  # noqa: E402
 
+from evalkit.analysis.reader import read_trajectory  # noqa: E402
 from evalkit.gateway import Gateway, LLMApiConfig  # noqa: E402
 from evalkit.loadtest.config import load_loadtest_config  # noqa: E402
 from evalkit.loadtest.procstat import tree_usage  # noqa: E402
@@ -62,6 +66,7 @@ SYSTEM_BYTES, TOOL_OUTPUT_BYTES = 8 * 1024, 10 * 1024
 THINK_SEC = (0.3, 1.5)
 CACHE = Path.home() / ".cache" / "evalkit"
 PROXY_START_TIMEOUT_SEC = 180
+WARMUP_TRIALS = 2
 RECORD_TIMEOUT = 120.0
 """The recording's clients wait long (and retry): on a shared machine under heavy load a connect can take seconds."""
 PROXY_KEY_ENV = "EVALKIT_BENCH_LITELLM_KEY"
@@ -229,9 +234,10 @@ def start_litellm_proxy(python: Path, upstream_url: str, work: Path) -> tuple[su
 
 
 async def replay(job: Path, out: Path, loads: list[int], args: argparse.Namespace, *,
-                 endpoint: str, via_gateway: bool, measure_pid: int | None, key_env: str | None = None) -> dict[str, Any]:
+                 endpoint: str, via_gateway: bool, measure_pid: int | None, key_env: str | None = None,
+                 duration: float | None = None) -> dict[str, Any]:
     overrides: dict[str, Any] = {
-        "model": MODEL, "replay": {"jobs": [str(job)]}, "loads": loads, "duration_sec": args.duration,
+        "model": MODEL, "replay": {"jobs": [str(job)]}, "loads": loads, "duration_sec": duration or args.duration,
         "max_requests": args.max_requests, "prefix_cache_metrics": False, "output_dir": str(out),
         "request_timeout_sec": 300, "api_key_env": key_env,
     }
@@ -245,7 +251,7 @@ async def replay(job: Path, out: Path, loads: list[int], args: argparse.Namespac
     report = await run_loadtest(config)
     result: dict[str, Any] = {"steps": [s.model_dump(mode="json") for s in report.steps],
                               "saturation": report.saturation.model_dump(mode="json")}
-    if before is not None:  # a proxy this script started: charged over the whole sweep (its steps are back to back)
+    if before is not None:  # a proxy this script started: charged for the sweep it served
         after = tree_usage(measure_pid)
         requests = sum(s.requests for s in report.steps)
         events = sum(s.events for s in report.steps)
@@ -273,7 +279,7 @@ def summary(path: str, run: dict[str, Any]) -> list[dict[str, Any]]:
             "server_peak_rss_mib": server.get("peak_rss_mib") and round(server["peak_rss_mib"], 1),
             "trials_on_several_replicas": step["trials_on_several_replicas"],
         })
-    if "proxy_cpu_ms_per_request" in run:  # LiteLLM: over the whole sweep, on every row of it
+    if "proxy_cpu_ms_per_request" in run:  # LiteLLM: its sweep is one step
         for row in rows:
             row["server_cpu_ms_per_request"] = round(run["proxy_cpu_ms_per_request"], 3)
             row["server_cpu_ms_per_event"] = round(run["proxy_cpu_ms_per_event"], 4)
@@ -293,10 +299,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         assert upstream.stdout is not None
         upstream_url = upstream.stdout.readline().decode().strip()
         jobs = await record(work, upstream_url)
-        recorded_sizes = [
-            max(len(line) for line in (p.read_bytes().splitlines() or [b""]))
-            for p in jobs["openai"].glob("*/agent/litellm-trajectory.jsonl")
-        ]
+        largest_request = max(
+            len(orjson.dumps(call.get("request")))
+            for job in jobs.values() for path in job.glob("*/agent/litellm-trajectory.jsonl")
+            for call in read_trajectory(path)
+        )
         loads = [args.light, args.trials]
         for protocol, job in jobs.items():
             rows += summary(f"direct/{protocol}", await replay(
@@ -308,9 +315,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work / f"gateway-{protocol}" / "gateway" / "trials", ignore_errors=True)
             proxy, proxy_url = start_litellm_proxy(proxy_python, upstream_url, work)
             try:
-                rows += summary(f"litellm/{protocol}", await replay(
-                    job, work / f"litellm-{protocol}", loads, args, endpoint=proxy_url, via_gateway=False,
-                    measure_pid=proxy.pid, key_env=PROXY_KEY_ENV))
+                # Its first calls import most of LiteLLM (seconds each): warm it up, unmeasured, before the steps.
+                await replay(job, work / f"litellm-{protocol}-warmup", [WARMUP_TRIALS], args, endpoint=proxy_url,
+                             via_gateway=False, measure_pid=None, key_env=PROXY_KEY_ENV, duration=args.warmup)
+                for load in loads:  # one sweep per load: the proxy's CPU and memory are read around each
+                    rows += summary(f"litellm/{protocol}", await replay(
+                        job, work / f"litellm-{protocol}-{load}", [load], args, endpoint=proxy_url,
+                        via_gateway=False, measure_pid=proxy.pid, key_env=PROXY_KEY_ENV))
             finally:
                 stop(proxy)
     finally:
@@ -349,7 +360,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "loadtest",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_at_end": os.getloadavg()},
         "setup": {"recorded_trials_per_protocol": RECORDED_TRIALS, "calls_per_trial": CALLS_PER_TRIAL,
-                  "largest_recorded_line_kib": round(max(recorded_sizes) / 1024, 1),
+                  "largest_recorded_request_kib": round(largest_request / 1024, 1),
                   "upstream": {"ttft_sec": UPSTREAM_TIMING[0], "itl_sec": UPSTREAM_TIMING[1], "tokens": UPSTREAM_TIMING[2]},
                   "loads": [args.light, args.trials], "duration_sec_per_step": args.duration,
                   "litellm": litellm_pin()},
@@ -364,6 +375,7 @@ if __name__ == "__main__":
     parser.add_argument("--trials", type=int, default=1000, help="concurrent replayed trials (the heavy step)")
     parser.add_argument("--light", type=int, default=50, help="concurrent trials of the light step")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds each step sends")
+    parser.add_argument("--warmup", type=float, default=15.0, help="seconds of unmeasured calls to a fresh proxy")
     parser.add_argument("--max-requests", type=int, default=40_000, help="requests per step at most")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     arguments = parser.parse_args()
