@@ -1,7 +1,7 @@
 """CPU time and peak memory of a process and its descendants, from /proc (Linux).
 
-Used to charge a gateway (or a proxy the benchmark starts) for the work it did during a step, without any
-cooperation from that process: its workers, if it forks any, are counted too.
+Used to charge a gateway's processes (or a proxy the benchmark starts) for the work they did during a step,
+without any cooperation from them: workers they fork are counted too.
 """
 
 from __future__ import annotations
@@ -22,18 +22,20 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
 
 
-def process_tree(root: int) -> list[int]:
-    """`root` and every live descendant."""
+def process_tree(*roots: int) -> list[int]:
+    """The `roots` and every live descendant, each once."""
     children: dict[int, list[int]] = {}
     for entry in _PROC.iterdir():
         if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
             children.setdefault(int(fields[1]), []).append(int(entry.name))
-    tree, todo = [], [root]
+    tree: dict[int, None] = {}
+    todo = list(roots)
     while todo:
         pid = todo.pop()
-        tree.append(pid)
-        todo += children.get(pid, [])
-    return tree
+        if pid not in tree:
+            tree[pid] = None
+            todo += children.get(pid, [])
+    return list(tree)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +46,10 @@ class TreeUsage:
     """Sum of each process's peak resident set (VmHWM)."""
 
 
-def tree_usage(root: int) -> TreeUsage:
+def tree_usage(*roots: int) -> TreeUsage:
     cpu = 0.0
     peak_kib = 0
-    for pid in process_tree(root):
+    for pid in process_tree(*roots):
         if (fields := _stat_fields(pid)) is None:
             continue
         # fields[11..14]: utime, stime, cutime, cstime (man 5 proc, counted from field 3)

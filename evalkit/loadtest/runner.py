@@ -2,8 +2,11 @@
 
 A step sends until `max_requests` have gone out or `duration_sec` has passed, whichever comes first; requests
 in flight then finish (each bounded by `request_timeout_sec`). Everything runs in one task group per step, so
-a cancellation (Ctrl-C) ends every request, the gateway process is stopped by PID, and the steps finished so far
-are still written.
+a cancellation (Ctrl-C) ends every request, the gateway's processes are stopped by PID (`Gateway.serve`), and the
+steps finished so far are still written.
+
+Through a gateway, the public `Gateway.serve` runs it in processes of its own: the load generator and the gateway
+do not share an event loop, and the gateway's CPU and memory are read from its PIDs (`Gateway.pids`).
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from pathlib import Path
 
 import aiohttp
 
-from evalkit.analysis.reader import read_trajectory
+from evalkit.analysis.reader import TRAJECTORY
 from evalkit.cleanup import uncancellable
 from evalkit.errors import ConfigError, InfrastructureError
+from evalkit.gateway import Gateway
+from evalkit.gateway.trajectory import read_trajectory
 from evalkit.loadtest import prefix_cache
 from evalkit.loadtest.client import Outcome, send
 from evalkit.loadtest.config import LoadTestConfig
-from evalkit.loadtest.gateway_host import GatewayProcess, gateway_process, trajectory_of
 from evalkit.loadtest.procstat import tree_usage
 from evalkit.loadtest.report import LoadTestReport, ProcessUsage, ReplayInfo, saturation, step_report
 from evalkit.loadtest.workload import Call, ReplaySet, SyntheticRequests, TrialPlan, load_replay
@@ -87,16 +91,18 @@ class Route:
 class Target:
     """Direct: each route to the least busy replica. Through a gateway: each route is a gateway trial."""
 
-    def __init__(self, config: LoadTestConfig, api_key: str | None, gateway: GatewayProcess | None) -> None:
+    def __init__(self, config: LoadTestConfig, api_key: str | None, gateway: Gateway | None) -> None:
         self.gateway = gateway
         self.api_key = api_key
-        self.roots = [gateway.url] if gateway else [root_of(url) for url in config.endpoints]
+        self.trajectories = gateway_dir(config) / "trials"
+        self.roots = [] if gateway else [root_of(url) for url in config.endpoints]
         self._active = [0] * len(self.roots)
         self._assigned = [0] * len(self.roots)
 
     async def open(self, trial_id: str) -> Route:
         if self.gateway is not None:
-            return Route(self.gateway.url, await self.gateway.open(trial_id), None, trial_id)
+            access = await self.gateway.open_trial(trial_id, self.trajectories / trial_id / TRAJECTORY)
+            return Route(access.anthropic_base_url, access.api_key, None, trial_id)  # its gateway process's root
         replica = min(range(len(self.roots)), key=lambda i: (self._active[i], self._assigned[i]))
         self._active[replica] += 1
         self._assigned[replica] += 1
@@ -104,7 +110,7 @@ class Target:
 
     async def close(self, route: Route) -> None:
         if self.gateway is not None and route.api_key is not None:
-            await self.gateway.close(route.api_key)
+            await self.gateway.close_trial(route.api_key)
         elif route.replica is not None:
             self._active[route.replica] -= 1
 
@@ -233,7 +239,7 @@ async def check_reachable(urls: list[str]) -> None:
         await writer.wait_closed()
 
 
-def _routed(out_dir: Path, trial_ids: list[str], labels: list[str]) -> tuple[list[tuple[int, bool]], int]:
+def _routed(trials: Path, trial_ids: list[str], labels: list[str]) -> tuple[list[tuple[int, bool]], int]:
     """Through a gateway: (replica, failed) of every call the gateway routed, and how many trials it spread over
     more than one replica, from the trajectories it wrote (blocking: run in a thread)."""
     index = {label: i for i, label in enumerate(labels)}
@@ -241,7 +247,7 @@ def _routed(out_dir: Path, trial_ids: list[str], labels: list[str]) -> tuple[lis
     spread = 0
     for trial_id in trial_ids:
         seen = set()
-        for call in read_trajectory(trajectory_of(out_dir, trial_id)):
+        for call in read_trajectory(trials / trial_id / TRAJECTORY):
             replica = index.get(str(call.get("deployment")))
             if replica is None:
                 continue
@@ -289,7 +295,7 @@ async def run_loadtest(
     try:
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False) as session:
             if config.llm_api is not None:
-                async with gateway_process(config.llm_api, gateway_dir(config)) as gateway:
+                async with Gateway.serve(config.llm_api, job_name="loadtest", artifacts_dir=gateway_dir(config)) as gateway:
                     await _sweep(config, report, Target(config, api_key, gateway), session, replays, synthetic,
                                  on_outcome, on_step)
             else:
@@ -326,7 +332,7 @@ async def _sweep(
         scrape = config.prefix_cache_metrics
         before = await asyncio.gather(*(prefix_cache.scrape(session, r) for r in roots)) if scrape else []
         client_cpu = time.process_time()
-        gateway_before = await asyncio.to_thread(tree_usage, gateway.pid) if gateway else None
+        gateway_before = await asyncio.to_thread(tree_usage, *gateway.pids) if gateway else None
         step = Step(config, index, load, target, session, on_outcome)
         if replays is not None:
             await step.replay(replays)
@@ -338,14 +344,12 @@ async def _sweep(
         n = len(step.outcomes)
         gateway_usage = None
         if gateway is not None and gateway_before is not None:
-            after = await asyncio.to_thread(tree_usage, gateway.pid)
+            after = await asyncio.to_thread(tree_usage, *gateway.pids)
             gateway_usage = _usage(after.cpu_sec - gateway_before.cpu_sec, after.peak_rss_mib, n, events)
         after_scrape = await asyncio.gather(*(prefix_cache.scrape(session, r) for r in roots)) if scrape else []
         routed, spread = None, None
         if gateway is not None:
-            routed, spread = await asyncio.to_thread(
-                _routed, gateway_dir(config), step.trial_ids, config.replica_names
-            )
+            routed, spread = await asyncio.to_thread(_routed, target.trajectories, step.trial_ids, config.replica_names)
         elif replays is not None:
             by_trial: dict[int | None, set[int | None]] = {}
             for o in step.outcomes:
@@ -362,7 +366,8 @@ async def _sweep(
 
 
 def gateway_dir(config: LoadTestConfig) -> Path:
-    """Where the gateway the test starts keeps its files (trajectories of every route it served)."""
+    """Where the gateway the test starts keeps its files: `trials/<id>/agent/…` (the trajectory of every route it
+    served) and `litellm/loadtest/` (its router config, requests no trial owned)."""
     return config.output_dir / "gateway"
 
 

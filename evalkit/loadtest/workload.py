@@ -3,8 +3,8 @@
 A replay plan keeps a trial's shape: its calls in order with the bodies the agent sent (so the message prefix
 grows as it did), and for each call the call it waited for and how long after that call's answer it was sent
 (the think-time: the agent's own work, tool runs included). Calls that overlapped when recorded (parallel
-sub-agents) overlap in the replay too. Trajectories are read through the analysis reader, the one place that
-knows their encoding; nothing in them is trusted beyond its shape (only known model endpoints are replayed,
+sub-agents) overlap in the replay too. Trajectories are read through `evalkit.gateway.trajectory.read_trajectory`,
+the one place that knows their encoding; nothing in them is trusted beyond its shape (only known model endpoints are replayed,
 always on the addresses the user gave).
 """
 
@@ -19,8 +19,9 @@ from typing import Any
 
 import orjson
 
-from evalkit.analysis.reader import TRAJECTORY, read_trajectory
+from evalkit.analysis.reader import TRAJECTORY
 from evalkit.errors import ConfigError
+from evalkit.gateway.trajectory import read_trajectory
 from evalkit.loadtest.config import ReplayWorkload, SyntheticWorkload
 
 ENDPOINTS = {
@@ -178,8 +179,10 @@ def load_replay(workload: ReplayWorkload, model: str) -> ReplaySet:
     problems: list[str] = []
     trials = []
     for path in trajectory_files(workload.jobs):
-        plan = plan_trial(path.parent.parent.name, list(read_trajectory(path, problems)), model,
+        found: list[str] = []
+        plan = plan_trial(path.parent.parent.name, list(read_trajectory(path, found)), model,
                           workload.think_time_scale, skipped)
+        problems += (f"{path.parent.parent.name}/{TRAJECTORY}: {problem}" for problem in found)
         if plan.calls:
             trials.append(plan)
     if not trials:

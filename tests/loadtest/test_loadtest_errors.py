@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import REPO
-from tests.loadtest.conftest import gateway_hosts, loadtest_cli
+from tests.loadtest.conftest import cli_env, gateway_processes, loadtest_cli
 from tests.loadtest.timed_server import TimedServer
 
 
@@ -178,13 +178,13 @@ async def test_ctrl_c_stops_the_gateway_and_writes_the_finished_steps(tmp_path: 
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "evalkit", "loadtest", "--endpoint", server.url, "--via-gateway", "--model", "m",
             "--max-requests", "2", "--out", str(out), cwd=REPO,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(out),
         )
         try:
             async with asyncio.timeout(120):
                 while not server.arrivals:  # the request went through the gateway and is being answered
                     await asyncio.sleep(0.05)
-            assert len(gateway_hosts(out)) == 1
+            assert len(gateway_processes(out)) == 1
             process.send_signal(signal.SIGINT)
             _, stderr = await asyncio.wait_for(process.communicate(), 60)
         finally:
@@ -195,7 +195,7 @@ async def test_ctrl_c_stops_the_gateway_and_writes_the_finished_steps(tmp_path: 
     assert stderr.decode().strip().endswith(f"evalkit: interrupted; finished steps are in {out / 'loadtest.json'}")
     report = (out / "loadtest.json").read_text()
     assert '"interrupted": true' in report and '"steps": []' in report
-    assert gateway_hosts(out) == []
+    assert gateway_processes(out) == []
     assert not list(out.glob(".loadtest.json.*")), "no half-written report"
 
 
@@ -208,7 +208,7 @@ async def test_a_gateway_that_cannot_start_is_a_config_error_and_leaves_no_proce
     assert run.code == 2, run.stderr
     assert run.stderr.strip() == ("evalkit: error: llm_api.deployments[0].api_key_env: environment variable "
                                   "EVALKIT_LT_UNSET is not set")
-    assert gateway_hosts(tmp_path / "out") == []
+    assert gateway_processes(tmp_path / "out") == []
     assert not (tmp_path / "out" / "loadtest.json").exists()
 
 

@@ -14,10 +14,11 @@ import pytest
 
 from evalkit import evaluate
 from evalkit.agents import AgentResult
-from evalkit.analysis.reader import TRAJECTORY, read_trajectory
+from evalkit.analysis.reader import TRAJECTORY
+from evalkit.gateway.trajectory import read_trajectory
 from tests.conftest import write_task
 from tests.gateway.fake_upstream import FakeUpstream, Reply
-from tests.loadtest.conftest import gateway_hosts, loadtest_cli
+from tests.loadtest.conftest import gateway_processes, loadtest_cli
 from tests.loadtest.timed_server import Arrival, TimedServer
 
 pytestmark = pytest.mark.docker
@@ -142,4 +143,4 @@ async def test_a_replay_through_a_gateway_keeps_each_trial_on_one_replica_and_st
     assert sorted(r["requests"] for r in step["per_replica"].values()) == [4, 8]
     assert step["gateway"]["cpu_sec"] > 0 and step["gateway"]["peak_rss_mib"] > 0
     assert len(list((out / "gateway" / "trials").glob(f"*/{TRAJECTORY}"))) == 3
-    assert gateway_hosts(out) == []
+    assert gateway_processes(out) == []

@@ -9,7 +9,8 @@ import pytest
 from tests.loadtest.conftest import loadtest_cli
 from tests.loadtest.timed_server import TimedServer
 
-TTFT, ITL, TOKENS = 0.12, 0.025, 24
+TTFT, ITL, TOKENS = 0.4, 0.04, 16
+"""Long enough that a busy shared machine's scheduling delays (tens of ms) stay well inside the 10% tolerance."""
 E2E = TTFT + (TOKENS - 1) * ITL
 
 
