@@ -9,7 +9,7 @@
    concurrent trials, against one fake OpenAI/Anthropic upstream in its own process
    (tests/loadtest/timed_server.py: first token after 50 ms, then 64 tokens 10 ms apart), along three paths:
      direct  — straight to the upstream: the client's own cost and latency, the baseline;
-     gateway — through an evalkit gateway that `evalkit loadtest` starts in its own process (`llm_api`);
+     gateway — through an evalkit gateway that `evalkit loadtest` starts (`llm_api`; in processes of its own);
      litellm — through LiteLLM's proxy server (`litellm --config`, the pinned LiteLLM with its `proxy` extra, in a
                throwaway venv under ~/.cache/evalkit/, installed here on first use — never in the project's venv),
                warmed up with `--warmup` s of unmeasured calls (its first calls import most of LiteLLM), then one
@@ -52,7 +52,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import orjson  # noqa: E402
 import uvloop  # noqa: E402
 
-from evalkit.analysis.reader import read_trajectory  # noqa: E402
+from evalkit.gateway.trajectory import read_trajectory  # noqa: E402
 from evalkit.gateway import Gateway, LLMApiConfig  # noqa: E402
 from evalkit.loadtest.config import load_loadtest_config  # noqa: E402
 from evalkit.loadtest.procstat import tree_usage  # noqa: E402
