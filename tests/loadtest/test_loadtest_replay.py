@@ -16,7 +16,7 @@ from evalkit import evaluate
 from evalkit.agents import AgentResult
 from evalkit.analysis.reader import TRAJECTORY
 from evalkit.gateway.trajectory import read_trajectory
-from tests.conftest import write_task
+from tests.conftest import HOST_NETWORK, write_task
 from tests.gateway.fake_upstream import FakeUpstream, Reply
 from tests.loadtest.conftest import gateway_processes, loadtest_cli
 from tests.loadtest.timed_server import Arrival, TimedServer
@@ -73,7 +73,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
         async with FakeUpstream("recording") as upstream:
             upstream.default = Reply(text="I looked at it and will run a command next.", chunks=6, chunk_delay=0.01)
             result = await evaluate({
-                "job_name": f"loadtest-record-{uuid.uuid4().hex[:8]}", "jobs_dir": str(root / "jobs"),
+                **HOST_NETWORK, "job_name": f"loadtest-record-{uuid.uuid4().hex[:8]}", "jobs_dir": str(root / "jobs"),
                 "n_concurrent": 3, "dataset": {"path": str(root / "tasks")},
                 "agent": {"name": "tests.loadtest.test_loadtest_replay:RecordingAgent"},
                 "llm_api": {"model": "m", "deployments": [{"model": "hosted_vllm/m", "api_base": upstream.url}]},
