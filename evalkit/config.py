@@ -306,6 +306,8 @@ def config_from_dict(
         return data
     data = dict(data)
     for dotted, value in (overrides or {}).items():
+        if dotted == "agent.name" and value != (data.get("agent") or {}).get("name"):
+            data["agent"] = {}  # another agent: the block's options, runtime and model settings were the old one's
         _set_dotted(data, dotted.split("."), value)
     try:
         config = JobConfig.model_validate(data)

@@ -11,10 +11,11 @@ import pytest
 
 from evalkit import evaluate
 from evalkit.errors import ConfigError
+from evalkit.config import AgentConfig, load_config
 from evalkit.runtimes import SCAFFOLDS, STAMP_FILE, RuntimeStamp
 from tests.agents.conftest import answer_task, job_config
 from tests.agents.scripted import solver
-from tests.conftest import job_containers, run_cli, write_config
+from tests.conftest import REPO, job_containers, run_cli, write_config
 from tests.gateway.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.docker
@@ -152,3 +153,10 @@ async def test_a_crashing_agent_is_a_typed_agent_error_and_the_verifier_still_ru
     assert trial.rewards == {"reward": 0.0}  # the verifier ran
     assert trial.agent_outcome.exit_code == 139 and not trial.will_retry
     assert (result.job_dir / trial.trial_name / "agent" / "claude-code.stderr").read_text() == "about to crash\n"
+
+
+def test_switching_agent_on_the_command_line_leaves_the_old_agent_s_options_behind():
+    default = load_config(REPO / "config.yaml")
+    assert default.agent.name == "evalkit" and default.agent.kwargs == {"tool_calling": False}
+    assert load_config(REPO / "config.yaml", {"agent.name": "oracle"}).agent == AgentConfig(name="oracle")
+    assert load_config(REPO / "config.yaml", {"agent.name": "evalkit"}).agent == default.agent
