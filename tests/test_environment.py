@@ -78,8 +78,8 @@ async def test_kill_agent_processes_reaches_setsid_daemons_and_spares_the_baseli
     )
     assert await env.kill_agent_processes(then_empty=["/tests", "/logs/verifier"]) >= 3
     left = await env.exec("n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo $n; ls -A /tests /logs/verifier; stat -c %a /tests /logs/verifier")
-    # init, Harbor's keep-alive (`sh -c "sleep infinity"`: the shell and its sleep), this shell
-    assert left.output.split() == ["4", "/logs/verifier:", "/tests:", "777", "777"]
+    # init, Harbor's keep-alive (`sh -c "exec sleep infinity"`: the shell became its sleep), this shell
+    assert left.output.split() == ["3", "/logs/verifier:", "/tests:", "777", "777"]
     assert await env.kill_agent_processes() == 0  # idempotent
     with pytest.raises(ValueError, match="absolute paths below /"):
         await env.kill_agent_processes(then_empty=["/"])
@@ -92,7 +92,7 @@ async def test_a_container_over_its_pids_limit_still_has_its_processes_killed(en
     assert (await env.exec("sleep 0 & wait")).output.strip().endswith("Resource temporarily unavailable")
     assert await env.kill_agent_processes(then_empty=["/tests"]) == 10
     left = await env.exec("n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo $n; cat /sys/fs/cgroup/pids/pids.max")
-    assert left.output.split() == ["4", "5"]
+    assert left.output.split() == ["3", "5"]  # init, the keep-alive, this shell
 
 
 async def test_logs_directories_are_made_inside_the_container_for_any_user(env: DockerEnvironment):

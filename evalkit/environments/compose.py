@@ -25,8 +25,11 @@ from evalkit.errors import TaskConfigError, TaskUnsupportedError
 
 MAIN = "main"
 """The service the agent works in (Harbor's `constants.MAIN_SERVICE_NAME`)."""
-KEEP_ALIVE = ("sh", "-c", "sleep infinity")
-"""Harbor's command for `main`: the image's ENTRYPOINT stays and runs this."""
+KEEP_ALIVE = ("sh", "-c", "exec sleep infinity")
+"""Harbor's command for `main` (`sh -c "sleep infinity"`): the image's ENTRYPOINT stays and runs this. The
+`exec` makes the shell become the sleep (same pid, same start time): a shell that forks its sleep leaves a
+moment where the process baseline sees the shell but not yet the sleep, and the kill before the verifier then
+takes the keep-alive, and the container, with it."""
 CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
 
 _SUPPORTED = {"build", "image", "command", "entrypoint", "environment", "volumes", "depends_on", "healthcheck",

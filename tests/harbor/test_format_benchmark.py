@@ -109,7 +109,7 @@ async def test_compose_containers_are_labelled_limited_and_cleaned(jobs_dir: Pat
             assert labels["evalkit.job"] == name and labels["evalkit.try"] == "compose-sidecar__0"
             if service != "pod":
                 assert host["NetworkMode"] == f"container:{holder['Id']}"
-        assert details["main"]["Config"]["Cmd"] == ["sh", "-c", "sleep infinity"]
+        assert details["main"]["Config"]["Cmd"] == ["sh", "-c", "exec sleep infinity"]
         assert len(await job_volumes(name)) == 1
     finally:
         cleaned = run_cli("clean", "--job", name)
