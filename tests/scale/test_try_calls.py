@@ -12,7 +12,7 @@ from pathlib import Path
 import aiodocker
 
 from evalkit import evaluate
-from tests.conftest import write_task
+from tests.conftest import HOST_NETWORK, write_task
 from tests.scale.conftest import unique
 
 
@@ -40,7 +40,7 @@ async def test_a_try_makes_four_execs_two_uploads_and_one_download(tmp_path: Pat
         watch = asyncio.ensure_future(_engine_events(docker, name, seen, destroyed))
         try:
             await asyncio.sleep(0.5)  # the stream is open before the job starts
-            result = await evaluate({"job_name": name, "jobs_dir": str(tmp_path / "jobs"),
+            result = await evaluate({"job_name": name, **HOST_NETWORK, "jobs_dir": str(tmp_path / "jobs"),
                                      "dataset": {"path": str(tmp_path / "tasks")}})
             await asyncio.wait_for(destroyed.wait(), timeout=60)
         finally:
