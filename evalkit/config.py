@@ -68,9 +68,24 @@ class AgentConfig(StrictModel):
     model: AgentModelConfig = AgentModelConfig()
 
 
+class RayConfig(StrictModel):
+    """`environment.ray`: how a job with `backend: ray` finds its cluster and which nodes it uses."""
+
+    address: str | None = None
+    """`auto`, `ray://host:port` or `host:port`; unset: the connection this process already has (`ray.init()`
+    called by the host application). evalkit shuts down only a connection it opened itself."""
+    resources: dict[str, float] = {}
+    """A node is used only if it offers at least these Ray resources (e.g. `{docker: 1}`)."""
+    max_trials_per_node: int = Field(default=4, ge=1)
+    """Environments in flight on one node at once (image builds per node: `n_concurrent_builds`)."""
+
+
 class EnvironmentConfig(StrictModel):
-    backend: Literal["docker"] = "docker"
-    """Where try environments run; one module per backend (`evalkit.environments.BACKENDS`)."""
+    backend: Literal["docker", "ray"] = "docker"
+    """Where try environments run; one module per backend (`evalkit.environments.BACKENDS`). `ray`: on the
+    nodes of a Ray cluster, each driving its own Docker engine (`environment.ray`)."""
+    ray: RayConfig = RayConfig()
+    """Used with `backend: ray`."""
     docker_host: str | None = None
     """Docker Engine API address; default: `DOCKER_HOST`, else the local Unix socket. A remote engine
     (anything but `unix://`) works only when nothing is mounted (no `ca_bundle`)."""

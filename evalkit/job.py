@@ -46,6 +46,7 @@ from evalkit.metrics import MetricsReport, compute_metrics, mean_pass_at_k, pass
 from evalkit.results import (
     ImageSummary,
     JobSummary,
+    NodeStats,
     TaskSummary,
     TrialResult,
     overwrite_json_in_place,
@@ -177,6 +178,8 @@ class Job:
         self._stoppers: list[Callable[[], object]] = []
         self._make_agent: Callable[[], Agent] | None = None
         """One agent per trial, from the `agent:` block checked once in `prepare()`."""
+        self._node_stats: Callable[[], dict[str, NodeStats]] | None = None
+        """A cluster backend's per-node view (`environment.backend: ray`), for `results.json` and progress."""
 
     # ----------------------------------------------------------------------------------------- preparation
 
@@ -333,6 +336,7 @@ class Job:
                     backend = await connect_backend(self.config.environment, self.identity)
                     stack.push_async_callback(backend.close)
                     self._check_networks(pending, backend)
+                    self._node_stats = getattr(backend, "node_stats", None)
                     await backend.sweep()
                 else:
                     await self._sweep_quietly()
@@ -544,6 +548,10 @@ class Job:
 
     # ----------------------------------------------------------------------------------------- results
 
+    def node_stats(self) -> dict[str, NodeStats] | None:
+        """Per node of a cluster backend: environments in flight and tries placed (None on one engine)."""
+        return self._node_stats() if self._node_stats is not None else None
+
     def summary(self, status: str | None, *, metrics: bool = True) -> JobSummary:
         """The job so far; `metrics=False` leaves `metrics` for the caller to fill (off the event loop)."""
         finals = [(t, t.final) for t in self.trials if t.final is not None]
@@ -600,6 +608,7 @@ class Job:
             },
             trials={t.name: t.final.trial_name for t, _ in finals},
             metrics=self.metrics(self.metric_records()) if metrics else None,
+            nodes=self.node_stats(),
         )
 
     def metric_records(self) -> list[dict[str, Any]]:

@@ -253,6 +253,19 @@ class ImageSummary(BaseModel):
     evicted_mb: float = 0.0
 
 
+class NodeStats(BaseModel):
+    """One node of a job on a cluster backend (`environment.backend: ray`)."""
+
+    address: str
+    """The node's address as the cluster knows it."""
+    in_flight: int
+    """Environments running on it now (0 once the job has ended)."""
+    tries: int
+    """Environments placed on it during this run."""
+    lost: bool = False
+    """It died or stopped answering during the run; its tries in flight were recorded as infrastructure errors."""
+
+
 class JobSummary(BaseModel):
     """`results.json`: refreshed as trials finish, so it is always a consistent picture of the job so far."""
 
@@ -300,3 +313,5 @@ class JobSummary(BaseModel):
     tasks: dict[str, TaskSummary]
     trials: dict[str, str]
     """`task__attempt` → directory name of its final try."""
+    nodes: dict[str, NodeStats] | None = None
+    """Cluster backends only: per node (by id), what ran where during this run."""

@@ -27,7 +27,10 @@ if TYPE_CHECKING:
     from evalkit.config import EnvironmentConfig
 
 
-BACKENDS = {"docker": "evalkit.environments.docker:DockerBackend"}
+BACKENDS = {
+    "docker": "evalkit.environments.docker:DockerBackend",
+    "ray": "evalkit.environments.ray_cluster:RayBackend",
+}
 """`environment.backend` → the class that implements it (a classmethod `connect(config, job)`)."""
 
 

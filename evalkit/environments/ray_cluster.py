@@ -1,0 +1,433 @@
+"""The Ray backend: a job's environments run on the nodes of a Ray cluster, each node driving its own Docker
+engine through one long-lived `NodeAgent` actor pinned to it.
+
+The job (trials, gateway, retries, the job directory) stays in the driver process; only the sandbox moves.
+A `RayEnvironment` is the driver's handle on one environment: every `Environment` call becomes one call to
+the actor of the node the environment was placed on, and everything a try produces comes back as bytes
+(bounded by the same download caps) that the driver unpacks with the same safe extractor as a local run. So
+the driver is the only writer of the job directory, its layout is a local run's, and resume works the same.
+
+A node whose actor or raylet dies fails the calls in flight with `RayNodeError`, an infrastructure error in
+every phase (like a Docker engine that stops answering): the try is recorded and retried on a surviving
+node under the job's retry policy. Its containers are removed by a surviving node at the end of the job
+when they share its engine, and otherwise by the next run of the job (every actor sweeps the job id first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray.exceptions import RayActorError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from evalkit.environments.archive import extraction_reader, read_tar_stream
+from evalkit.environments.base import Environment, EnvironmentBackend, EnvironmentSpec, ExecResult, JobIdentity
+from evalkit.environments.images import tar_directory
+from evalkit.errors import ConfigError, DockerUnavailableError, InfrastructureError
+from evalkit.results import DownloadReport, NodeStats, ResourceEnvelope
+
+if TYPE_CHECKING:
+    from evalkit.config import EnvironmentConfig, RayConfig
+    from evalkit.tasks import Task
+
+LABEL_NODE = "evalkit.ray_node"
+"""Container label: the Ray node whose actor made it."""
+_BUILD_LOGS_MAX_BYTES = 64 * 1024 * 1024
+_CONNECT_TIMEOUT_SEC = 120.0
+"""How long a node's actor may take to start and reach its Docker engine."""
+
+
+class RayNodeError(DockerUnavailableError):
+    """The Ray node running the environment died or stopped answering; like a Docker engine that went away,
+    it is the machine's failure whatever the phase, so the try is retried under the job's retry policy."""
+
+
+# ----------------------------------------------------------------------------------------- on each node
+
+
+class NodeAgent:
+    """One per node and job: the node's Docker backend and the environments placed there. Every method
+    returns `(ok, value, files)`: exceptions travel as values (`_portable`) so the driver re-raises the very
+    error a local run would, with its message, instead of Ray's wrapper; `files` is a tar for the driver."""
+
+    def __init__(self, config: EnvironmentConfig, job: JobIdentity) -> None:
+        self.config = config.model_copy(update={"backend": "docker"})
+        self.job = job
+        self.backend: EnvironmentBackend | None = None
+        self.environments: dict[str, Environment] = {}
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"evalkit-ray-{job.job_id[:8]}-"))
+        """Node-local files on their way to the driver (build logs, downloads); removed as they leave."""
+
+    async def connect(self) -> tuple[bool, Any, None]:
+        from evalkit.environments import connect_backend  # the Docker backend, on this node
+
+        async def run() -> tuple[str, int]:
+            self.backend = await connect_backend(self.config, self.job)
+            return ray.get_runtime_context().get_node_id(), os.getpid()
+
+        return await _outcome(run())
+
+    async def sweep(self) -> tuple[bool, Any, None]:
+        assert self.backend is not None
+        return await _outcome(self.backend.sweep())
+
+    async def close(self) -> tuple[bool, Any, None]:
+        try:
+            if self.backend is not None:
+                return await _outcome(self.backend.close())
+            return True, None, None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, self.scratch, True)
+
+    async def start(self, env_id: str, task: Task, spec: EnvironmentSpec) -> tuple[bool, Any, bytes | None]:
+        assert self.backend is not None
+        logs = self.scratch / env_id / "build"
+        await asyncio.to_thread(logs.mkdir, parents=True)
+        name = spec.build_log.name if spec.build_log is not None else "build.log"
+        node_spec = replace(spec, build_log=logs / name if spec.build_log is not None else None)
+        env = self.environments[env_id] = self.backend.environment(task, node_spec)
+        ok, value, _ = await _outcome(env.start())
+        return ok, value, await asyncio.to_thread(_tar_and_remove, logs)
+
+    async def mark_baseline(self, env_id: str) -> tuple[bool, Any, None]:
+        return await _outcome(self.environments[env_id].mark_baseline())
+
+    async def exec(self, env_id: str, command: str, options: dict[str, Any]) -> tuple[bool, Any, None]:
+        return await _outcome(self.environments[env_id].exec(command, **options))
+
+    async def kill_agent_processes(self, env_id: str, then_empty: Collection[str]) -> tuple[bool, Any, None]:
+        return await _outcome(self.environments[env_id].kill_agent_processes(then_empty=then_empty))
+
+    async def read_file(self, env_id: str, path: str, max_bytes: int) -> tuple[bool, Any, None]:
+        return await _outcome(self.environments[env_id].read_file(path, max_bytes=max_bytes))
+
+    async def put(self, env_id: str, data: bytes, target: str) -> tuple[bool, Any, None]:
+        source = self.scratch / env_id / f"put-{uuid.uuid4().hex}"
+
+        async def run() -> None:
+            await asyncio.to_thread(_untar, data, source)
+            try:
+                await self.environments[env_id].put(source, target)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, source, True)
+
+        return await _outcome(run())
+
+    async def download(self, env_id: str, source_dir: str, limits: dict[str, Any]) -> tuple[bool, Any, bytes | None]:
+        target = self.scratch / env_id / f"download-{uuid.uuid4().hex}"
+        ok, value, _ = await _outcome(self.environments[env_id].download(source_dir, target, **limits))
+        return ok, value, await asyncio.to_thread(_tar_and_remove, target)
+
+    async def stop(self, env_id: str) -> tuple[bool, Any, None]:
+        env = self.environments.pop(env_id, None)
+        try:
+            return await _outcome(env.stop()) if env is not None else (True, None, None)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, self.scratch / env_id, True)
+
+
+async def _outcome(work: Any) -> tuple[bool, Any, None]:
+    try:
+        return True, await work, None
+    except Exception as exc:  # every failure goes back to the driver as the value it is
+        return False, _portable(exc), None
+
+
+def _portable(exc: Exception) -> tuple[type[Exception], tuple[Any, ...], dict[str, Any]]:
+    """An exception as (class, args, attributes): rebuilt on the driver without calling its `__init__`
+    (whose signature may differ from its args), so its message and fields are exactly the original's."""
+    return type(exc), exc.args, {k: v for k, v in vars(exc).items() if not k.startswith("__")}
+
+
+def _rebuilt(portable: tuple[type[Exception], tuple[Any, ...], dict[str, Any]]) -> Exception:
+    cls, args, attributes = portable
+    exc = cls.__new__(cls)
+    exc.args = args
+    vars(exc).update(attributes)
+    return exc
+
+
+def _tar_and_remove(directory: Path) -> bytes | None:
+    """The directory as a tar whose top entry is the directory (as the Docker engine hands out), or None
+    when nothing was written there."""
+    try:
+        if not directory.is_dir() or not any(directory.iterdir()):
+            return None
+        return tar_directory(directory, directory.name)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _untar(data: bytes, target: Path) -> None:
+    target.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(target, filter="data")
+
+
+# ----------------------------------------------------------------------------------------- on the driver
+
+
+@dataclass
+class Node:
+    """One selected node as the driver sees it."""
+
+    node_id: str
+    address: str
+    actor: Any
+    in_flight: int = 0
+    tries: int = 0
+    lost: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.node_id[:12]
+
+
+class RayBackend:
+    """One job's nodes: an actor per selected node, placement by free capacity, and the node statistics for
+    `results.json`. Create with `await RayBackend.connect(...)`."""
+
+    def __init__(self, config: EnvironmentConfig, nodes: list[Node], *, owns_connection: bool) -> None:
+        self.config = config
+        self.nodes = nodes
+        self.owns_connection = owns_connection
+        """Whether evalkit called `ray.init` (and so calls `ray.shutdown`); never for the caller's connection."""
+        self._changed = asyncio.Event()
+        """Set when a node frees a slot or is lost: placements waiting for capacity look again."""
+
+    @classmethod
+    async def connect(cls, config: EnvironmentConfig, job: JobIdentity) -> RayBackend:
+        owns = await asyncio.to_thread(_ensure_connection, config.ray)
+        try:
+            selected = await asyncio.to_thread(_select_nodes, config.ray)
+            strategy = lambda node_id: NodeAffinitySchedulingStrategy(node_id, soft=False)  # noqa: E731
+            nodes = [
+                Node(info["NodeID"], info["NodeManagerAddress"],
+                     _ACTOR.options(num_cpus=0, max_restarts=0, scheduling_strategy=strategy(info["NodeID"])).remote(config, job))
+                for info in selected
+            ]
+            backend = cls(config, nodes, owns_connection=owns)
+            await backend._all("connect", f"starting evalkit on node {{}} and reaching its Docker engine",
+                               timeout=_CONNECT_TIMEOUT_SEC)
+            return backend
+        except BaseException:
+            if owns:
+                await asyncio.to_thread(ray.shutdown)
+            raise
+
+    def environment(self, task: Task, spec: EnvironmentSpec) -> RayEnvironment:
+        return RayEnvironment(self, task, spec)
+
+    async def sweep(self) -> int:
+        return sum(await self._all("sweep", "removing the job's leftovers on node {}"))
+
+    async def close(self) -> None:
+        """Have a surviving node remove what lost nodes left on a shared engine, close every node's Docker
+        connection, stop the actors; shut Ray down only if evalkit connected it."""
+        try:
+            if any(n.lost for n in self.nodes) and not self.config.keep_containers:
+                await self._all("sweep", "removing what lost nodes left, from node {}", strict=False)
+            await self._all("close", "closing node {}", strict=False)
+        finally:
+            for node in self.nodes:
+                ray.kill(node.actor)
+            if self.owns_connection:
+                await asyncio.to_thread(ray.shutdown)
+
+    def node_stats(self) -> dict[str, NodeStats]:
+        """Per node: environments in flight, tries placed, whether it was lost (for `results.json`)."""
+        return {n.label: NodeStats(address=n.address, in_flight=n.in_flight, tries=n.tries, lost=n.lost) for n in self.nodes}
+
+    async def _all(self, method: str, doing: str, *, strict: bool = True, timeout: float | None = None) -> list[Any]:
+        """Call `method` on every live node's actor at once. `strict`: the first failure is raised as an
+        InfrastructureError naming the node; otherwise failed nodes are skipped."""
+        live = [n for n in self.nodes if not n.lost]
+        refs = [getattr(n.actor, method).remote() for n in live]
+        values = []
+        for node, ref in zip(live, refs):
+            try:
+                async with asyncio.timeout(timeout):
+                    ok, value, _ = await ref
+            except (RayError, TimeoutError) as exc:
+                ok, value = False, InfrastructureError(f"{type(exc).__name__}")
+            else:
+                value = value if ok else _rebuilt(value)
+            if ok:
+                values.append(value)
+            elif strict:
+                raise InfrastructureError(f"Ray backend: {doing.format(node.label)} ({node.address}) failed: {value}")
+        return values
+
+    async def place(self) -> Node:
+        """The live node with the most free slots (fewest tries placed, on a tie); waits while all are full."""
+        limit = self.config.ray.max_trials_per_node
+        while True:
+            live = [n for n in self.nodes if not n.lost]
+            if not live:
+                raise RayNodeError("every Ray node of this job was lost")
+            free = [n for n in live if n.in_flight < limit]
+            if free:
+                node = min(free, key=lambda n: (n.in_flight, n.tries))
+                node.in_flight += 1
+                node.tries += 1
+                return node
+            self._changed.clear()
+            await self._changed.wait()
+
+    def release(self, node: Node) -> None:
+        node.in_flight -= 1
+        self._changed.set()
+
+    def lose(self, node: Node) -> None:
+        node.lost = True
+        self._changed.set()
+
+
+def _ensure_connection(config: RayConfig) -> bool:
+    """Reuse this process's Ray connection, or open one to `address`; True if evalkit opened it."""
+    if ray.is_initialized():
+        return False
+    if config.address is None:
+        raise ConfigError(
+            "environment.ray.address: Ray is not initialised in this process; set an address "
+            "(auto, ray://host:port, host:port) or call ray.init() before running the job"
+        )
+    try:
+        ray.init(address=config.address, log_to_driver=False, logging_level="warning")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise InfrastructureError(f"environment.ray.address: cannot connect to the Ray cluster at {config.address!r}: {exc}") from None
+    return True
+
+
+def _select_nodes(config: RayConfig) -> list[dict[str, Any]]:
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    selected = [n for n in alive if all(n["Resources"].get(k, 0) >= v for k, v in config.resources.items())]
+    if not selected:
+        wanted = ", ".join(f"{k}>={v:g}" for k, v in config.resources.items())
+        raise ConfigError(f"environment.ray.resources: no live Ray node offers {wanted} ({len(alive)} node(s) alive)")
+    return selected
+
+
+_ACTOR = ray.remote(NodeAgent)
+
+
+class RayEnvironment:
+    """The driver's handle on one environment: placed on a node at `start`, every call forwarded to that
+    node's actor, files unpacked here."""
+
+    def __init__(self, backend: RayBackend, task: Task, spec: EnvironmentSpec) -> None:
+        self.backend = backend
+        self.task = task
+        self.spec = spec
+        self.env_id = uuid.uuid4().hex
+        self.node: Node | None = None
+
+    async def start(self) -> ResourceEnvelope:
+        self.node = await self.backend.place()
+        spec = replace(self.spec, labels={**self.spec.labels, LABEL_NODE: self.node.node_id})
+        ok, value, logs = await self._raw("start", "starting the environment", self.task, spec)
+        if logs is not None and self.spec.build_log is not None:
+            await _unpack(logs, self.spec.build_log.parent, max_bytes=_BUILD_LOGS_MAX_BYTES, max_files=100)
+        return self._value(ok, value)
+
+    async def mark_baseline(self) -> None:
+        await self._call("mark_baseline", "listing the environment's processes")
+
+    async def exec(self, command: str, *, timeout_sec: float | None = None, env: dict[str, str] | None = None,
+                   user: str | None = None, workdir: str | None = None) -> ExecResult:
+        options = {"timeout_sec": timeout_sec, "env": env, "user": user, "workdir": workdir}
+        result: ExecResult = await self._call("exec", "running a command", command, options)
+        return result
+
+    async def put(self, source: Path, target: str) -> None:
+        data = await asyncio.to_thread(tar_directory, source)
+        await self._call("put", "copying files into the container", data, target)
+
+    async def read_file(self, path: str, *, max_bytes: int) -> bytes:
+        data: bytes = await self._call("read_file", f"reading {path}", path, max_bytes)
+        return data
+
+    async def download(self, source_dir: str, target_dir: Path, *, max_bytes: int, max_files: int,
+                       reserved: Collection[str] = ()) -> DownloadReport:
+        limits = {"max_bytes": max_bytes, "max_files": max_files, "reserved": tuple(reserved)}
+        try:
+            ok, value, data = await self._raw("download", f"copying {source_dir} out", source_dir, limits)
+            node_report: DownloadReport = self._value(ok, value)
+        except RayNodeError as exc:
+            return DownloadReport(error=str(exc))
+        if data is None:
+            return node_report
+        here = await _unpack(data, target_dir, max_bytes=max_bytes, max_files=max_files, reserved=reserved)
+        skipped = node_report.skipped + here.skipped
+        return DownloadReport(files=here.files, bytes=here.bytes, skipped=skipped,
+                              n_skipped=node_report.n_skipped + here.n_skipped,
+                              truncated=node_report.truncated or here.truncated, error=node_report.error or here.error)
+
+    async def kill_agent_processes(self, *, then_empty: Collection[str] = ()) -> int:
+        killed: int = await self._call("kill_agent_processes", "killing the agent's processes", tuple(then_empty))
+        return killed
+
+    async def stop(self) -> None:
+        node, self.node = self.node, None
+        if node is None:
+            return
+        try:
+            if not node.lost:
+                await self._call_on(node, "stop", "removing the environment")
+        finally:
+            self.backend.release(node)
+
+    async def _call(self, method: str, doing: str, *args: Any) -> Any:
+        return self._value(*await self._raw(method, doing, *args))
+
+    async def _raw(self, method: str, doing: str, *args: Any) -> tuple[bool, Any, bytes | None]:
+        if self.node is None:
+            raise RuntimeError(f"{method} before start")
+        return await self._call_on_raw(self.node, method, doing, *args)
+
+    async def _call_on(self, node: Node, method: str, doing: str, *args: Any) -> Any:
+        return self._value(*await self._call_on_raw(node, method, doing, *args))
+
+    async def _call_on_raw(self, node: Node, method: str, doing: str, *args: Any) -> tuple[bool, Any, bytes | None]:
+        if node.lost:
+            raise RayNodeError(f"Ray node {node.label} ({node.address}) was lost before {doing}")
+        ref = getattr(node.actor, method).remote(self.env_id, *args)
+        try:
+            outcome: tuple[bool, Any, bytes | None] = await ref
+        except asyncio.CancelledError:
+            ray.cancel(ref)  # the node stops the call (an exec's clean-up runs there)
+            raise
+        except RayActorError:
+            self.backend.lose(node)
+            raise RayNodeError(f"Ray node {node.label} ({node.address}) was lost while {doing}") from None
+        except RayError as exc:
+            raise RayNodeError(f"Ray node {node.label} ({node.address}) failed while {doing}: {type(exc).__name__}") from None
+        return outcome
+
+    @staticmethod
+    def _value(ok: bool, value: Any, *_: Any) -> Any:
+        if not ok:
+            raise _rebuilt(value)
+        return value
+
+
+async def _unpack(data: bytes, target: Path, *, max_bytes: int, max_files: int, reserved: Collection[str] = ()) -> DownloadReport:
+    """A node's tar into a host directory through the same checks as a download from a container: the node's
+    files are no more trusted than the container they came from."""
+
+    async def chunks() -> Any:
+        yield data
+
+    report: DownloadReport = await read_tar_stream(chunks(), extraction_reader(target, max_bytes=max_bytes, max_files=max_files, reserved=reserved))
+    return report

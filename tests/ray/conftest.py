@@ -1,0 +1,113 @@
+"""A real two-node Ray cluster on this machine (two raylets, one per node, sharing its Docker engine),
+started once for the package's tests and stopped by them: every process it started is gone afterwards."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+NODE_A, NODE_B = "evalkit_node_a", "evalkit_node_b"
+"""Custom resources that tell the two nodes apart; both offer `docker`."""
+_OBJECT_STORE = 80 * 1024 * 1024
+_SYSTEM_CONFIG = {"health_check_period_ms": 500, "health_check_failure_threshold": 3, "health_check_initial_delay_ms": 0}
+"""A dead node is noticed within seconds rather than the default half minute."""
+
+
+@dataclass
+class RayTestCluster:
+    cluster: Cluster
+    node_b: object
+    started: set[int] = field(default_factory=set)
+    """Every process the cluster ran at some point (descendants of this test process), checked at the end."""
+
+    def snapshot(self) -> None:
+        self.started |= {pid for pid in _descendants(os.getpid()) if b"ray" in _cmdline(pid)}
+
+    def node_ids(self) -> dict[str, str]:
+        """Custom label → node id, of the live nodes."""
+        return {label: n["NodeID"] for n in ray.nodes() if n["Alive"] for label in (NODE_A, NODE_B) if label in n["Resources"]}
+
+    def raylet_pid(self, node: object) -> int:
+        return node.all_processes["raylet"][0].process.pid  # type: ignore[attr-defined]
+
+    def replace_node_b(self) -> None:
+        """After a test killed node B: a fresh node B (other tests expect two nodes)."""
+        self.cluster.remove_node(self.node_b, allow_graceful=False)
+        self.node_b = self.cluster.add_node(num_cpus=1, resources={"docker": 1, NODE_B: 1}, object_store_memory=_OBJECT_STORE)
+        self.cluster.wait_for_nodes()
+        self.snapshot()
+
+
+@pytest.fixture(scope="package")
+def ray_cluster() -> Iterator[RayTestCluster]:
+    previous = os.environ.get("RAY_USAGE_STATS_ENABLED")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # Ray would otherwise report to a public address
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"docker": 1, NODE_A: 1}, "include_dashboard": False,
+        "object_store_memory": _OBJECT_STORE, "_system_config": _SYSTEM_CONFIG,
+    })
+    node_b = cluster.add_node(num_cpus=1, resources={"docker": 1, NODE_B: 1}, object_store_memory=_OBJECT_STORE)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    test_cluster = RayTestCluster(cluster, node_b)
+    test_cluster.snapshot()
+    try:
+        yield test_cluster
+    finally:
+        test_cluster.snapshot()
+        ray.shutdown()
+        cluster.shutdown()
+        if previous is None:
+            os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
+        else:
+            os.environ["RAY_USAGE_STATS_ENABLED"] = previous
+        left = _wait_gone(test_cluster.started, timeout_sec=60)
+        assert left == [], f"Ray processes left running: {left}"
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = set(), [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            if child not in found:
+                found.add(child)
+                queue.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids: set[int], *, timeout_sec: float) -> list[str]:
+    deadline = time.monotonic() + timeout_sec
+    while True:
+        left = [pid for pid in pids if _alive(pid)]
+        if not left or time.monotonic() > deadline:
+            return [f"{pid} {_cmdline(pid)[:80]!r}" for pid in left if _alive(pid)]
+        time.sleep(0.5)
