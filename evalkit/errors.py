@@ -131,6 +131,11 @@ class GatewayLostError(TrialError):
     the machine failed (its calls since are missing from the trajectory and the usage)."""
 
 
+class RayNodeError(DockerUnavailableError):
+    """The Ray node running the environment died or stopped answering (`environment.backend: ray`): the
+    machine failed, whatever the phase."""
+
+
 # ------------------------------------------------------------------------------------------- agent
 
 
@@ -229,6 +234,7 @@ TRIAL_ERROR_TYPES: dict[str, type[TrialError]] = {
         DockerUnavailableError,
         ImagePullError,
         TryDeadlineError,
+        RayNodeError,
         AgentTimeoutError,
         AgentExitError,
         AgentCrashError,

@@ -34,7 +34,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from evalkit.environments.archive import extraction_reader, read_tar_stream
 from evalkit.environments.base import Environment, EnvironmentBackend, EnvironmentSpec, ExecResult, JobIdentity
 from evalkit.environments.images import tar_directory
-from evalkit.errors import ConfigError, DockerUnavailableError, InfrastructureError
+from evalkit.errors import ConfigError, InfrastructureError, RayNodeError
 from evalkit.results import DownloadReport, NodeStats, ResourceEnvelope
 
 if TYPE_CHECKING:
@@ -46,11 +46,6 @@ LABEL_NODE = "evalkit.ray_node"
 _BUILD_LOGS_MAX_BYTES = 64 * 1024 * 1024
 _CONNECT_TIMEOUT_SEC = 120.0
 """How long a node's actor may take to start and reach its Docker engine."""
-
-
-class RayNodeError(DockerUnavailableError):
-    """The Ray node running the environment died or stopped answering; like a Docker engine that went away,
-    it is the machine's failure whatever the phase, so the try is retried under the job's retry policy."""
 
 
 # ----------------------------------------------------------------------------------------- on each node

@@ -1,0 +1,74 @@
+"""A node of the cluster dies mid-job (its actor and its raylet killed by PID): its running trials are
+infrastructure errors retried on the surviving node, every trial is counted once, nothing is left running."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import aiodocker
+import pytest
+
+from evalkit import evaluate
+from evalkit.environments.ray_cluster import LABEL_NODE
+from tests.conftest import job_containers, read_json, write_task
+from tests.ray.conftest import NODE_B, RayTestCluster, _cmdline, _descendants
+
+pytestmark = pytest.mark.docker
+N_TASKS = 6
+
+
+async def _running_on(job_name: str, node_id: str) -> list[str]:
+    """The tries whose agent container runs on that node now."""
+    async with aiodocker.Docker() as docker:
+        containers = await docker.containers.list(filters={"label": [f"evalkit.job={job_name}", f"{LABEL_NODE}={node_id}"]})
+        return [c._container["Labels"]["evalkit.try"] for c in containers]
+
+
+def _node_agent_pid(raylet_pid: int) -> int:
+    (pid,) = [p for p in _descendants(raylet_pid) if _cmdline(p).startswith(b"ray::NodeAgent")]
+    return pid
+
+
+async def test_a_node_killed_mid_job_loses_no_trial(ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path):
+    tasks = [write_task(tmp_path / "tasks", f"slow-{i}", solve="sleep 6; echo done > /tmp/out.txt") for i in range(N_TASKS)]
+    name = f"ray-faults-{uuid.uuid4().hex[:6]}"
+    node_b = ray_cluster.node_ids()[NODE_B]
+    config = {"job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4,
+              "dataset": {"tasks": [{"path": str(t)} for t in tasks]},
+              "retry": {"max_retries": 2, "backoff_sec": 0.1},
+              "environment": {"backend": "ray", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 2}}}
+    job = asyncio.ensure_future(evaluate(config))
+    try:
+        while not (victims := await _running_on(name, node_b)):
+            assert not job.done(), "the job ended before anything ran on node B"
+            await asyncio.sleep(0.2)
+        ray_cluster.snapshot()
+        raylet = ray_cluster.raylet_pid(ray_cluster.node_b)
+        os.kill(_node_agent_pid(raylet), signal.SIGKILL)
+        os.kill(raylet, signal.SIGKILL)
+        result = await asyncio.wait_for(job, timeout=600)
+    finally:
+        if not job.done():
+            job.cancel()
+        ray_cluster.replace_node_b()
+
+    summary = result.summary
+    assert summary.status == "finished"
+    assert summary.n_trials == summary.n_finished == N_TASKS and summary.n_errored == 0
+    assert sorted(t.task_name for t in result.trials) == sorted(f"slow-{i}" for i in range(N_TASKS))
+    assert all(t.rewards == {"reward": 1.0} for t in result.trials)
+    for victim in victims:  # the try that ran on node B: an infrastructure error, retried elsewhere
+        first = read_json(jobs_dir / name / victim / "result.json")
+        assert first["error"]["type"] == "RayNodeError" and first["error"]["kind"] == "infrastructure"
+        assert first["error"]["message"].startswith(f"Ray node {node_b[:12]} ")
+        assert first["will_retry"] is True
+        assert read_json(jobs_dir / name / f"{victim}-try1" / "result.json")["rewards"] == {"reward": 1.0}
+    nodes = read_json(jobs_dir / name / "results.json")["nodes"]
+    assert nodes[node_b[:12]]["lost"] is True
+    assert [n["lost"] for k, n in nodes.items() if k != node_b[:12]] == [False]
+    assert summary.n_tries == N_TASKS + sum(1 for t in result.trials for _ in range(t.try_index))
+    assert await job_containers(name) == []
