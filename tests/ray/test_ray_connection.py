@@ -1,0 +1,65 @@
+"""Whose Ray connection a job uses: the caller's (left open), or one evalkit opens from `environment.ray.address`
+(and shuts down); config mistakes name the field and leave nothing behind."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import ray
+
+from evalkit import evaluate
+from evalkit.errors import ConfigError
+from tests.conftest import job_containers, read_json, write_task
+from tests.ray.conftest import NODE_A, RayTestCluster
+
+pytestmark = pytest.mark.docker
+
+
+def _config(tmp_path: Path, jobs_dir: Path, name: str, ray_config: dict) -> dict:
+    task = write_task(tmp_path / "tasks", "hello")
+    return {"job_name": name, "jobs_dir": str(jobs_dir), "dataset": {"tasks": [{"path": str(task)}]},
+            "environment": {"backend": "ray", "ray": ray_config}}
+
+
+async def test_a_connection_evalkit_opens_is_closed_and_node_selection_is_kept(ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path):
+    address = ray_cluster.cluster.address
+    ray.shutdown()
+    try:
+        name = f"ray-owned-{uuid.uuid4().hex[:6]}"
+        result = await evaluate(_config(tmp_path, jobs_dir, name, {"address": address, "resources": {NODE_A: 1}}))
+        assert not ray.is_initialized()  # evalkit opened it, evalkit closed it
+    finally:
+        ray.init(address=address, log_to_driver=False)
+    assert [t.rewards for t in result.trials] == [{"reward": 1.0}]
+    nodes = read_json(result.job_dir / "results.json")["nodes"]
+    assert list(nodes) == [ray_cluster.node_ids()[NODE_A][:12]]  # only the node with the resource
+    assert nodes[ray_cluster.node_ids()[NODE_A][:12]]["tries"] == 1
+    assert await job_containers(name) == []
+
+
+async def test_no_node_with_the_resources_is_a_config_error(ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path):
+    name = f"ray-nores-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ConfigError) as caught:
+        await evaluate(_config(tmp_path, jobs_dir, name, {"resources": {"gpu_docker": 2}}))
+    assert str(caught.value) == "environment.ray.resources: no live Ray node offers gpu_docker>=2 (2 node(s) alive)"
+    assert ray.is_initialized()
+    assert not (jobs_dir / name / "results.json").exists()
+    assert await job_containers(name) == []
+
+
+async def test_no_connection_and_no_address_is_a_config_error(ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path):
+    ray.shutdown()
+    try:
+        name = f"ray-noaddr-{uuid.uuid4().hex[:6]}"
+        with pytest.raises(ConfigError) as caught:
+            await evaluate(_config(tmp_path, jobs_dir, name, {}))
+        assert not ray.is_initialized()  # nothing was started
+    finally:
+        ray.init(address=ray_cluster.cluster.address, log_to_driver=False)
+    assert str(caught.value) == (
+        "environment.ray.address: Ray is not initialised in this process; set an address "
+        "(auto, ray://host:port, host:port) or call ray.init() before running the job"
+    )
+    assert not (jobs_dir / name / "results.json").exists()
