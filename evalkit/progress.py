@@ -51,7 +51,7 @@ async def _run(job: Job, config: JobConfig, console: Console, quiet: bool) -> in
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("reward {task.fields[reward]}  errors {task.fields[errors]}"),
+        TextColumn("reward {task.fields[reward]}  errors {task.fields[errors]}{task.fields[nodes]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -60,10 +60,10 @@ async def _run(job: Job, config: JobConfig, console: Console, quiet: bool) -> in
         transient=False,
     )
     counts = job.progress
-    bar_id = bar.add_task(config.job_name, total=counts.total, completed=counts.done, **_fields(counts))
+    bar_id = bar.add_task(config.job_name, total=counts.total, completed=counts.done, nodes="", **_fields(counts))
 
     def on_progress(_: TrialResult, progress: JobProgress) -> None:
-        bar.update(bar_id, completed=progress.done, **_fields(progress))
+        bar.update(bar_id, completed=progress.done, nodes=_nodes(job), **_fields(progress))
 
     job.on_progress = on_progress
     if counts.done and not quiet:
@@ -95,6 +95,14 @@ def _fields(progress: JobProgress) -> dict[str, str]:
     return {"reward": "-" if mean is None else f"{mean:.3f}", "errors": str(progress.errored)}
 
 
+def _nodes(job: Job) -> str:
+    """A cluster backend's trials in flight per node (`environment.backend: ray`), lost nodes marked."""
+    stats = job.node_stats()
+    if not stats:
+        return ""
+    return "  in flight " + " ".join(f"{node[:8]}:{'lost' if n.lost else n.in_flight}" for node, n in stats.items())
+
+
 def summary_table(summary: JobSummary) -> Table:
     table = Table(title=f"{summary.job_name}: {summary.status}", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -108,6 +116,8 @@ def summary_table(summary: JobSummary) -> Table:
                       f"{coverage:.2f} ({summary.metrics.n_scored} of {summary.metrics.n_trials} trials scored)")
     for error_type, count in sorted(summary.errors.items()):
         table.add_row(f"[red]{error_type}", str(count))
+    for node, placed in (summary.nodes or {}).items():
+        table.add_row(f"node {node}", f"{placed.tries} tries{' (lost)' if placed.lost else ''}")
     for phase, stats in summary.phases.items():
         table.add_row(f"{phase} time", f"mean {stats.mean_sec:.2f}s  p95 {stats.p95_sec:.2f}s  max {stats.max_sec:.2f}s")
     return table

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import ray
 
 from evalkit import evaluate
 from evalkit.errors import ConfigError
-from tests.conftest import job_containers, read_json, write_task
+from tests.conftest import job_containers, read_json, run_cli, write_config, write_task
 from tests.ray.conftest import NODE_A, RayTestCluster
 
 pytestmark = pytest.mark.docker
@@ -63,3 +64,20 @@ async def test_no_connection_and_no_address_is_a_config_error(ray_cluster: RayTe
         "(auto, ray://host:port, host:port) or call ray.init() before running the job"
     )
     assert not (jobs_dir / name / "results.json").exists()
+
+
+async def test_the_cli_runs_on_the_cluster_and_shows_the_nodes(ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path):
+    name = f"ray-cli-{uuid.uuid4().hex[:6]}"
+    config = _config(tmp_path, jobs_dir, name, {"address": ray_cluster.cluster.address, "resources": {"docker": 1}})
+    config["dataset"]["tasks"].append({"path": str(write_task(tmp_path / "tasks", "hello-2"))})
+    path = write_config(tmp_path / "config.yaml", {**config, "after_run": {"analyze": False, "archive": False}})
+    ray_cluster.snapshot()
+    run = await asyncio.to_thread(run_cli, "run", str(path))
+    ray_cluster.snapshot()  # the CLI's own Ray processes are checked at the end too
+    assert run.returncode == 0, run.stderr[-2000:]
+    nodes = read_json(jobs_dir / name / "results.json")["nodes"]
+    assert sorted(nodes) == sorted(node_id[:12] for node_id in ray_cluster.node_ids().values())
+    for node, stats in nodes.items():
+        assert f"node {node}" in run.stderr and stats["in_flight"] == 0
+    assert sum(stats["tries"] for stats in nodes.values()) == 2
+    assert await job_containers(name) == []

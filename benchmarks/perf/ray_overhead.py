@@ -1,0 +1,109 @@
+"""What running on Ray adds per trial: the same trivial trials through the local Docker backend, a one-node
+and a two-node Ray cluster started on this machine (separate raylets, one shared Docker engine), same run.
+
+Every trial does the same Docker work (start a container, upload solution/ and tests/, run them, read the
+reward, copy the logs out, remove the container); on Ray every `Environment` call is also a call to the
+node's actor and every file comes back through the driver. Figures per path: wall time, mean try duration
+(`result.json` started → finished) and its median; `added_ms_per_trial` is the Ray path's mean try
+duration minus the local one's, measured in the same run (machine speed cancels out); each path runs
+`--repeat` times, alternating, and the best of each counts (noise only ever adds time). The image is built
+before timing starts. Cluster start-up is not timed; an actor's start (once per node and job) is in the
+wall time.
+
+    .venv/bin/python benchmarks/perf/ray_overhead.py [--tasks 200] [--concurrency 4] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from trial_overhead import make_tasks  # noqa: E402
+
+from evalkit import evaluate  # noqa: E402
+
+OBJECT_STORE = 80 * 1024 * 1024
+PATHS = {
+    "local": {"backend": "docker"},
+    "ray_1_node": {"backend": "ray", "ray": {"resources": {"bench_node_a": 1}, "max_trials_per_node": 8}},
+    "ray_2_nodes": {"backend": "ray", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 8}},
+}
+
+
+async def run_path(tasks_dir: Path, environment: dict, concurrency: int, jobs_dir: Path) -> dict:
+    start = time.perf_counter()
+    result = await evaluate({"job_name": jobs_dir.name, "jobs_dir": str(jobs_dir.parent), "n_concurrent": concurrency,
+                             "dataset": {"path": str(tasks_dir)}, "environment": environment})
+    wall = time.perf_counter() - start
+    summary = result.summary
+    assert summary.n_finished == summary.n_trials == summary.n_tries and summary.mean_reward == 1.0, summary
+    durations = [(t.finished_at - t.started_at).total_seconds() for t in result.trials if t.finished_at]
+    nodes = {k: n.tries for k, n in (summary.nodes or {}).items()}
+    return {"wall_s": wall, "try_mean_s": statistics.fmean(durations), "try_median_s": statistics.median(durations), "tries_per_node": nodes}
+
+
+async def measure(tasks_dir: Path, root: Path, concurrency: int, repeat: int) -> dict:
+    runs: dict[str, list[dict]] = {name: [] for name in PATHS}
+    for i in range(repeat):
+        for name, environment in PATHS.items():
+            runs[name].append(await run_path(tasks_dir, environment, concurrency, root / "jobs" / f"{name}-{i}"))
+    best = {name: min(values, key=lambda r: r["try_mean_s"]) for name, values in runs.items()}
+    local = best["local"]
+    figures = {}
+    for name, figure in best.items():
+        figures[name] = {
+            "wall_s": round(figure["wall_s"], 2),
+            "try_mean_ms": round(figure["try_mean_s"] * 1000, 1),
+            "try_median_ms": round(figure["try_median_s"] * 1000, 1),
+            "tries_per_node": figure["tries_per_node"],
+        }
+        if name != "local":
+            figures[name]["added_ms_per_trial"] = round((figure["try_mean_s"] - local["try_mean_s"]) * 1000, 1)
+            figures[name]["added_median_ms_per_trial"] = round((figure["try_median_s"] - local["try_median_s"]) * 1000, 1)
+            figures[name]["wall_ratio"] = round(figure["wall_s"] / local["wall_s"], 3)
+    return figures
+
+
+def main(n_tasks: int, concurrency: int, repeat: int) -> dict:
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # Ray would otherwise report to a public address
+    import ray
+    from ray.cluster_utils import Cluster
+
+    root = Path(tempfile.mkdtemp(prefix="evalkit-perf-ray-"))
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"docker": 1, "bench_node_a": 1}, "include_dashboard": False,
+        "object_store_memory": OBJECT_STORE,
+    })
+    try:
+        cluster.add_node(num_cpus=1, resources={"docker": 1, "bench_node_b": 1}, object_store_memory=OBJECT_STORE)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
+        tasks_dir = make_tasks(root, n_tasks)
+        # The shared image is built once, outside the timings (evalkit names images by context hash).
+        asyncio.run(evaluate({"job_name": "warmup", "jobs_dir": str(root / "warmup"), "dataset": {"path": str(tasks_dir), "n_tasks": 1}}))
+        figures = asyncio.run(measure(tasks_dir, root, concurrency, repeat))
+        return {"benchmark": "ray_overhead", "n_tasks": n_tasks, "concurrency": concurrency, "repeat": repeat,
+                "target_added_ms_per_trial": 50, "results": figures}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    print(json.dumps(main(args.tasks, args.concurrency, args.repeat), indent=2))
