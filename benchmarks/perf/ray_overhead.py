@@ -8,7 +8,9 @@ node's actor and every file comes back through the driver. Figures per path: wal
 duration minus the local one's, measured in the same run (machine speed cancels out); each path runs
 `--repeat` times, alternating, and the best of each counts (noise only ever adds time). The image is built
 before timing starts. Cluster start-up is not timed; an actor's start (once per node and job) is in the
-wall time.
+wall time. On a machine shared with other work the try durations are noisy, so the run also measures what
+the Ray path adds in isolation: `actor_calls_per_try` (counted) × the round trip of a no-op actor call on
+the other node (`call_rtt_ms`, median of 200) = `estimated_added_ms_per_trial`.
 
     .venv/bin/python benchmarks/perf/ray_overhead.py [--tasks 200] [--concurrency 4] [--repeat 2]
 """
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from trial_overhead import make_tasks  # noqa: E402
 
 from evalkit import evaluate  # noqa: E402
+from evalkit.environments import ray_cluster  # noqa: E402
 
 OBJECT_STORE = 80 * 1024 * 1024
 PATHS = {
@@ -52,11 +55,46 @@ async def run_path(tasks_dir: Path, environment: dict, concurrency: int, jobs_di
     return {"wall_s": wall, "try_mean_s": statistics.fmean(durations), "try_median_s": statistics.median(durations), "tries_per_node": nodes}
 
 
+def count_actor_calls() -> list[str]:
+    """Every actor call a RayEnvironment makes, by method (the benchmark's own instrument)."""
+    calls: list[str] = []
+    forward = ray_cluster.RayEnvironment._call_on_raw
+
+    async def counted(self, node, method, doing, *args):  # type: ignore[no-untyped-def]
+        calls.append(method)
+        return await forward(self, node, method, doing, *args)
+
+    ray_cluster.RayEnvironment._call_on_raw = counted  # type: ignore[method-assign]
+    return calls
+
+
+async def call_rtt_ms(node_resource: str, n: int = 200) -> float:
+    import ray
+
+    @ray.remote(num_cpus=0, resources={node_resource: 0.01})
+    class Echo:
+        async def echo(self, value: bytes) -> bytes:
+            return value
+
+    echo = Echo.remote()
+    await echo.echo.remote(b"")
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await echo.echo.remote(b"x" * 256)
+        times.append(time.perf_counter() - start)
+    ray.kill(echo)
+    return statistics.median(times) * 1000
+
+
 async def measure(tasks_dir: Path, root: Path, concurrency: int, repeat: int) -> dict:
     runs: dict[str, list[dict]] = {name: [] for name in PATHS}
+    calls = count_actor_calls()
     for i in range(repeat):
         for name, environment in PATHS.items():
+            before = len(calls)
             runs[name].append(await run_path(tasks_dir, environment, concurrency, root / "jobs" / f"{name}-{i}"))
+            runs[name][-1]["calls"] = len(calls) - before
     best = {name: min(values, key=lambda r: r["try_mean_s"]) for name, values in runs.items()}
     local = best["local"]
     figures = {}
@@ -71,6 +109,10 @@ async def measure(tasks_dir: Path, root: Path, concurrency: int, repeat: int) ->
             figures[name]["added_ms_per_trial"] = round((figure["try_mean_s"] - local["try_mean_s"]) * 1000, 1)
             figures[name]["added_median_ms_per_trial"] = round((figure["try_median_s"] - local["try_median_s"]) * 1000, 1)
             figures[name]["wall_ratio"] = round(figure["wall_s"] / local["wall_s"], 3)
+    rtt = await call_rtt_ms("bench_node_b")
+    per_try = best["ray_2_nodes"]["calls"] / len(list(tasks_dir.iterdir()))
+    figures["isolated"] = {"call_rtt_ms": round(rtt, 2), "actor_calls_per_try": round(per_try, 1),
+                           "estimated_added_ms_per_trial": round(rtt * per_try, 1)}
     return figures
 
 

@@ -16,6 +16,7 @@ when they share its engine, and otherwise by the next run of the job (every acto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import shutil
@@ -31,6 +32,7 @@ import ray
 from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from evalkit.cleanup import uncancellable
 from evalkit.environments.archive import extraction_reader, read_tar_stream
 from evalkit.environments.base import Environment, EnvironmentBackend, EnvironmentSpec, ExecResult, JobIdentity
 from evalkit.environments.images import tar_directory
@@ -91,8 +93,13 @@ class NodeAgent:
         await asyncio.to_thread(logs.mkdir, parents=True)
         name = spec.build_log.name if spec.build_log is not None else "build.log"
         node_spec = replace(spec, build_log=logs / name if spec.build_log is not None else None)
-        env = self.environments[env_id] = self.backend.environment(task, node_spec)
-        ok, value, _ = await _outcome(env.start())
+        backend = self.backend
+
+        async def run() -> ResourceEnvelope:
+            env = self.environments[env_id] = backend.environment(task, node_spec)
+            return await env.start()
+
+        ok, value, _ = await _outcome(run())
         return ok, value, await asyncio.to_thread(_tar_and_remove, logs)
 
     async def mark_baseline(self, env_id: str) -> tuple[bool, Any, None]:
@@ -130,6 +137,9 @@ class NodeAgent:
             return await _outcome(env.stop()) if env is not None else (True, None, None)
         finally:
             await asyncio.to_thread(shutil.rmtree, self.scratch / env_id, True)
+
+
+_ACTOR = ray.remote(NodeAgent)
 
 
 async def _outcome(work: Any) -> tuple[bool, Any, None]:
@@ -204,21 +214,20 @@ class RayBackend:
     @classmethod
     async def connect(cls, config: EnvironmentConfig, job: JobIdentity) -> RayBackend:
         owns = await asyncio.to_thread(_ensure_connection, config.ray)
+        nodes: list[Node] = []
         try:
-            selected = await asyncio.to_thread(_select_nodes, config.ray)
-            strategy = lambda node_id: NodeAffinitySchedulingStrategy(node_id, soft=False)  # noqa: E731
-            nodes = [
-                Node(info["NodeID"], info["NodeManagerAddress"],
-                     _ACTOR.options(num_cpus=0, max_restarts=0, scheduling_strategy=strategy(info["NodeID"])).remote(config, job))
-                for info in selected
-            ]
+            for info in await asyncio.to_thread(_select_nodes, config.ray):
+                pinned = NodeAffinitySchedulingStrategy(info["NodeID"], soft=False)
+                actor = _ACTOR.options(num_cpus=0, max_restarts=0, scheduling_strategy=pinned).remote(config, job)
+                nodes.append(Node(info["NodeID"], info["NodeManagerAddress"], actor))
             backend = cls(config, nodes, owns_connection=owns)
-            await backend._all("connect", f"starting evalkit on node {{}} and reaching its Docker engine",
-                               timeout=_CONNECT_TIMEOUT_SEC)
+            await backend._all("connect", "starting evalkit on node {} and reaching its Docker engine", timeout=_CONNECT_TIMEOUT_SEC)
             return backend
         except BaseException:
+            for node in nodes:
+                ray.kill(node.actor)
             if owns:
-                await asyncio.to_thread(ray.shutdown)
+                await uncancellable(asyncio.to_thread(ray.shutdown))
             raise
 
     def environment(self, task: Task, spec: EnvironmentSpec) -> RayEnvironment:
@@ -255,7 +264,7 @@ class RayBackend:
                 async with asyncio.timeout(timeout):
                     ok, value, _ = await ref
             except (RayError, TimeoutError) as exc:
-                ok, value = False, InfrastructureError(f"{type(exc).__name__}")
+                ok, value = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no answer'}"
             else:
                 value = value if ok else _rebuilt(value)
             if ok:
@@ -312,9 +321,6 @@ def _select_nodes(config: RayConfig) -> list[dict[str, Any]]:
         wanted = ", ".join(f"{k}>={v:g}" for k, v in config.resources.items())
         raise ConfigError(f"environment.ray.resources: no live Ray node offers {wanted} ({len(alive)} node(s) alive)")
     return selected
-
-
-_ACTOR = ray.remote(NodeAgent)
 
 
 class RayEnvironment:
@@ -401,7 +407,8 @@ class RayEnvironment:
         try:
             outcome: tuple[bool, Any, bytes | None] = await ref
         except asyncio.CancelledError:
-            ray.cancel(ref)  # the node stops the call (an exec's clean-up runs there)
+            with contextlib.suppress(RayError):
+                ray.cancel(ref)  # the node stops the call (an exec's clean-up runs there)
             raise
         except RayActorError:
             self.backend.lose(node)
