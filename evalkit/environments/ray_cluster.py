@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 import shutil
 import tarfile
 import tempfile
@@ -33,6 +32,7 @@ from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from evalkit.cleanup import uncancellable
+from evalkit.environments import connect_backend
 from evalkit.environments.archive import extraction_reader, read_tar_stream
 from evalkit.environments.base import Environment, EnvironmentBackend, EnvironmentSpec, ExecResult, JobIdentity
 from evalkit.environments.images import tar_directory
@@ -67,11 +67,10 @@ class NodeAgent:
         """Node-local files on their way to the driver (build logs, downloads); removed as they leave."""
 
     async def connect(self) -> tuple[bool, Any, None]:
-        from evalkit.environments import connect_backend  # the Docker backend, on this node
+        """Connect this node's Docker backend (an InfrastructureError if its engine does not answer)."""
 
-        async def run() -> tuple[str, int]:
+        async def run() -> None:
             self.backend = await connect_backend(self.config, self.job)
-            return ray.get_runtime_context().get_node_id(), os.getpid()
 
         return await _outcome(run())
 
@@ -247,7 +246,7 @@ class RayBackend:
             for node in self.nodes:
                 ray.kill(node.actor)
             if self.owns_connection:
-                await asyncio.to_thread(ray.shutdown)
+                await uncancellable(asyncio.to_thread(ray.shutdown))
 
     def node_stats(self) -> dict[str, NodeStats]:
         """Per node: environments in flight, tries placed, whether it was lost (for `results.json`)."""
