@@ -21,8 +21,9 @@ import io
 import shutil
 import tarfile
 import tempfile
+import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,10 +35,18 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from evalkit.cleanup import uncancellable
 from evalkit.environments import connect_backend
 from evalkit.environments.archive import extraction_reader, read_tar_stream
-from evalkit.environments.base import Environment, EnvironmentBackend, EnvironmentSpec, ExecResult, JobIdentity
+from evalkit.environments.base import (
+    BackendHealth,
+    DownloadTarget,
+    Environment,
+    EnvironmentBackend,
+    EnvironmentSpec,
+    ExecResult,
+    JobIdentity,
+)
 from evalkit.environments.images import tar_directory
 from evalkit.errors import ConfigError, InfrastructureError, RayNodeError
-from evalkit.results import DownloadReport, NodeStats, ResourceEnvelope
+from evalkit.results import DownloadReport, ImageSummary, NodeStats, ResourceEnvelope
 
 if TYPE_CHECKING:
     from evalkit.config import EnvironmentConfig, RayConfig
@@ -74,15 +83,34 @@ class NodeAgent:
 
         return await _outcome(run())
 
-    async def sweep(self) -> tuple[bool, Any, None]:
+    async def prepare(self, task: Task, timeout_sec: float | None, log_name: str | None) -> tuple[bool, Any, bytes | None]:
         assert self.backend is not None
-        return await _outcome(self.backend.sweep())
+        logs = self.scratch / f"prepare-{uuid.uuid4().hex}"
+        await asyncio.to_thread(logs.mkdir, parents=True)
+        log_path = logs / log_name if log_name is not None else None
+        ok, value, _ = await _outcome(self.backend.prepare(task, timeout_sec=timeout_sec, log_path=log_path))
+        return ok, value, await asyncio.to_thread(_tar_and_remove, logs)
+
+    async def release(self, task: Task) -> tuple[bool, Any, None]:
+        assert self.backend is not None
+        return await _outcome(self.backend.release(task))
+
+    async def sweep(self, stopped_only: bool = False) -> tuple[bool, Any, None]:
+        assert self.backend is not None
+        return await _outcome(self.backend.sweep(stopped_only=stopped_only))
 
     async def close(self) -> tuple[bool, Any, None]:
+        """Close the Docker backend; returns what it did with images."""
+        backend = self.backend
+
+        async def run() -> ImageSummary | None:
+            if backend is None:
+                return None
+            await backend.close()
+            return backend.image_summary
+
         try:
-            if self.backend is not None:
-                return await _outcome(self.backend.close())
-            return True, None, None
+            return await _outcome(run())
         finally:
             await asyncio.to_thread(shutil.rmtree, self.scratch, True)
 
@@ -129,6 +157,14 @@ class NodeAgent:
         target = self.scratch / env_id / f"download-{uuid.uuid4().hex}"
         ok, value, _ = await _outcome(self.environments[env_id].download(source_dir, target, **limits))
         return ok, value, await asyncio.to_thread(_tar_and_remove, target)
+
+    async def download_many(self, env_id: str, source_dir: str, routes: dict[str, DownloadTarget]) -> tuple[bool, Any, dict[str, bytes | None]]:
+        base = self.scratch / env_id / f"download-{uuid.uuid4().hex}"
+        here = {name: replace(route, target_dir=base / name) for name, route in routes.items()}
+        ok, value, _ = await _outcome(self.environments[env_id].download_many(source_dir, here))
+        files = {name: await asyncio.to_thread(_tar_and_remove, route.target_dir) for name, route in here.items()}
+        await asyncio.to_thread(shutil.rmtree, base, True)
+        return ok, value, files
 
     async def stop(self, env_id: str) -> tuple[bool, Any, None]:
         env = self.environments.pop(env_id, None)
@@ -209,6 +245,12 @@ class RayBackend:
         """Whether evalkit called `ray.init` (and so calls `ray.shutdown`); never for the caller's connection."""
         self._changed = asyncio.Event()
         """Set when a node frees a slot or is lost: placements waiting for capacity look again."""
+        self.health = BackendHealth()
+        """Round trips of the calls to the nodes' actors (what `n_concurrent: auto` steers by)."""
+        self.image_summary = ImageSummary()
+        """The nodes' image work, summed when the job's nodes close."""
+        self.outages = 0
+        """A node that dies is lost for the job (its tries fail with RayNodeError), never an outage to wait out."""
 
     @classmethod
     async def connect(cls, config: EnvironmentConfig, job: JobIdentity) -> RayBackend:
@@ -232,8 +274,40 @@ class RayBackend:
     def environment(self, task: Task, spec: EnvironmentSpec) -> RayEnvironment:
         return RayEnvironment(self, task, spec)
 
-    async def sweep(self) -> int:
-        return sum(await self._all("sweep", "removing the job's leftovers on node {}"))
+    async def prepare(self, task: Task, *, timeout_sec: float | None, log_path: Path | None) -> None:
+        """The task's images on every live node (a try may be placed on any), held there until `release`;
+        the first node's build log comes back to `log_path`. Raises the first node's typed error."""
+        live = [n for n in self.nodes if not n.lost]
+        outcomes = await asyncio.gather(*(_ask(n.actor.prepare.remote(task, timeout_sec, log_path and log_path.name)) for n in live))
+        error: Exception | None = None
+        for node, outcome in zip(live, outcomes):
+            if outcome is None:
+                self.lose(node)
+                continue
+            ok, value, logs = outcome
+            if logs is not None and log_path is not None:
+                await _unpack(logs, log_path.parent, max_bytes=_BUILD_LOGS_MAX_BYTES, max_files=100)
+            if not ok and error is None:
+                error = _rebuilt(value)
+        if error is not None:
+            raise error
+
+    async def release(self, task: Task) -> None:
+        await asyncio.gather(*(_ask(n.actor.release.remote(task)) for n in self.nodes if not n.lost))
+
+    @property
+    def up(self) -> bool:
+        return any(not n.lost for n in self.nodes)
+
+    async def available(self) -> None:
+        if not self.up:
+            raise InfrastructureError("every Ray node of this job was lost; finished tries are kept, run the job again to resume it")
+
+    async def answers(self) -> bool:
+        return self.up
+
+    async def sweep(self, *, stopped_only: bool = False) -> int:
+        return sum(await self._all("sweep", "removing the job's leftovers on node {}", stopped_only))
 
     async def close(self) -> None:
         """Have a surviving node remove what lost nodes left on a shared engine, close every node's Docker
@@ -241,7 +315,9 @@ class RayBackend:
         try:
             if any(n.lost for n in self.nodes) and not self.config.keep_containers:
                 await self._all("sweep", "removing what lost nodes left, from node {}", strict=False)
-            await self._all("close", "closing node {}", strict=False)
+            for images in await self._all("close", "closing node {}", strict=False):
+                for name, value in (images or ImageSummary()).model_dump().items():
+                    setattr(self.image_summary, name, getattr(self.image_summary, name) + value)
         finally:
             for node in self.nodes:
                 ray.kill(node.actor)
@@ -252,11 +328,11 @@ class RayBackend:
         """Per node: environments in flight, tries placed, whether it was lost (for `results.json`)."""
         return {n.label: NodeStats(address=n.address, in_flight=n.in_flight, tries=n.tries, lost=n.lost) for n in self.nodes}
 
-    async def _all(self, method: str, doing: str, *, strict: bool = True, timeout: float | None = None) -> list[Any]:
+    async def _all(self, method: str, doing: str, *args: Any, strict: bool = True, timeout: float | None = None) -> list[Any]:
         """Call `method` on every live node's actor at once. `strict`: the first failure is raised as an
         InfrastructureError naming the node; otherwise failed nodes are skipped."""
         live = [n for n in self.nodes if not n.lost]
-        refs = [getattr(n.actor, method).remote() for n in live]
+        refs = [getattr(n.actor, method).remote(*args) for n in live]
         values = []
         for node, ref in zip(live, refs):
             try:
@@ -288,7 +364,8 @@ class RayBackend:
             self._changed.clear()
             await self._changed.wait()
 
-    def release(self, node: Node) -> None:
+    def free(self, node: Node) -> None:
+        """A slot of `node` is free again."""
         node.in_flight -= 1
         self._changed.set()
 
@@ -366,13 +443,19 @@ class RayEnvironment:
             node_report: DownloadReport = self._value(ok, value)
         except RayNodeError as exc:
             return DownloadReport(error=str(exc))
-        if data is None:
-            return node_report
-        here = await _unpack(data, target_dir, max_bytes=max_bytes, max_files=max_files, reserved=reserved)
-        skipped = node_report.skipped + here.skipped
-        return DownloadReport(files=here.files, bytes=here.bytes, skipped=skipped,
-                              n_skipped=node_report.n_skipped + here.n_skipped,
-                              truncated=node_report.truncated or here.truncated, error=node_report.error or here.error)
+        return await _received(node_report, data, target_dir, max_bytes=max_bytes, max_files=max_files, reserved=reserved)
+
+    async def download_many(self, source_dir: str, routes: Mapping[str, DownloadTarget]) -> dict[str, DownloadReport]:
+        try:
+            ok, value, files = await self._raw("download_many", f"copying {source_dir} out", source_dir, dict(routes))
+            node_reports: dict[str, DownloadReport] = self._value(ok, value)
+        except RayNodeError as exc:
+            return {name: DownloadReport(error=str(exc)) for name in routes}
+        reports = {}
+        for name, route in routes.items():
+            reports[name] = await _received(node_reports[name], files.get(name), route.target_dir, max_bytes=route.max_bytes,
+                                            max_files=route.max_files, reserved=route.reserved)
+        return reports
 
     async def kill_agent_processes(self, *, then_empty: Collection[str] = ()) -> int:
         killed: int = await self._call("kill_agent_processes", "killing the agent's processes", tuple(then_empty))
@@ -386,7 +469,7 @@ class RayEnvironment:
             if not node.lost:
                 await self._call_on(node, "stop", "removing the environment")
         finally:
-            self.backend.release(node)
+            self.backend.free(node)
 
     async def _call(self, method: str, doing: str, *args: Any) -> Any:
         return self._value(*await self._raw(method, doing, *args))
@@ -403,6 +486,7 @@ class RayEnvironment:
         if node.lost:
             raise RayNodeError(f"Ray node {node.label} ({node.address}) was lost before {doing}")
         ref = getattr(node.actor, method).remote(self.env_id, *args)
+        started = time.monotonic()
         try:
             outcome: tuple[bool, Any, bytes | None] = await ref
         except asyncio.CancelledError:
@@ -410,10 +494,13 @@ class RayEnvironment:
                 ray.cancel(ref)  # the node stops the call (an exec's clean-up runs there)
             raise
         except RayActorError:
+            self.backend.health.failures += 1
             self.backend.lose(node)
             raise RayNodeError(f"Ray node {node.label} ({node.address}) was lost while {doing}") from None
         except RayError as exc:
+            self.backend.health.failures += 1
             raise RayNodeError(f"Ray node {node.label} ({node.address}) failed while {doing}: {type(exc).__name__}") from None
+        self.backend.health.record(time.monotonic() - started)
         return outcome
 
     @staticmethod
@@ -421,6 +508,27 @@ class RayEnvironment:
         if not ok:
             raise _rebuilt(value)
         return value
+
+
+async def _ask(ref: Any) -> tuple[bool, Any, Any] | None:
+    """One actor call's outcome, or None when its node is gone."""
+    try:
+        outcome: tuple[bool, Any, Any] = await ref
+    except RayActorError:
+        return None
+    return outcome
+
+
+async def _received(node_report: DownloadReport, data: bytes | None, target: Path, *, max_bytes: int, max_files: int,
+                    reserved: Collection[str]) -> DownloadReport:
+    """A download as a local run reports it: what the node skipped (links, FIFOs, caps) plus what the driver
+    skipped unpacking its tar (files already on the host)."""
+    if data is None:
+        return node_report
+    here = await _unpack(data, target, max_bytes=max_bytes, max_files=max_files, reserved=reserved)
+    return DownloadReport(files=here.files, bytes=here.bytes, skipped=node_report.skipped + here.skipped,
+                          n_skipped=node_report.n_skipped + here.n_skipped,
+                          truncated=node_report.truncated or here.truncated, error=node_report.error or here.error)
 
 
 async def _unpack(data: bytes, target: Path, *, max_bytes: int, max_files: int, reserved: Collection[str] = ()) -> DownloadReport:
