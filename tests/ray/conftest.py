@@ -28,7 +28,7 @@ class RayTestCluster:
     """Every process the cluster ran at some point (descendants of this test process), checked at the end."""
 
     def snapshot(self) -> None:
-        self.started |= {pid for pid in _descendants(os.getpid()) if b"ray" in _cmdline(pid)}
+        self.started |= {pid for pid in _descendants(os.getpid()) if _is_ray(_cmdline(pid))}
 
     def node_ids(self) -> dict[str, str]:
         """Custom label → node id, of the live nodes."""
@@ -94,6 +94,11 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def _is_ray(cmdline: bytes) -> bool:
+    """Ray's own processes: its binaries and scripts, and workers (which retitle themselves `ray::…`)."""
+    return cmdline.startswith(b"ray::") or b"/site-packages/ray/" in cmdline
 
 
 def _alive(pid: int) -> bool:
