@@ -43,6 +43,7 @@ from evalkit.environments.base import (
     EnvironmentSpec,
     ExecResult,
     JobIdentity,
+    NetworkMode,
 )
 from evalkit.environments.images import tar_directory
 from evalkit.errors import ConfigError, InfrastructureError, RayNodeError
@@ -76,10 +77,12 @@ class NodeAgent:
         """Node-local files on their way to the driver (build logs, downloads); removed as they leave."""
 
     async def connect(self) -> tuple[bool, Any, None]:
-        """Connect this node's Docker backend (an InfrastructureError if its engine does not answer)."""
+        """Connect this node's Docker backend (an InfrastructureError if its engine does not answer); returns
+        the network it gives tasks that need the internet."""
 
-        async def run() -> None:
+        async def run() -> NetworkMode | None:
             self.backend = await connect_backend(self.config, self.job)
+            return self.backend.internet_network
 
         return await _outcome(run())
 
@@ -141,13 +144,13 @@ class NodeAgent:
     async def read_file(self, env_id: str, path: str, max_bytes: int) -> tuple[bool, Any, None]:
         return await _outcome(self.environments[env_id].read_file(path, max_bytes=max_bytes))
 
-    async def put(self, env_id: str, data: bytes, target: str) -> tuple[bool, Any, None]:
+    async def put(self, env_id: str, data: bytes, target: str, executable: Collection[str]) -> tuple[bool, Any, None]:
         source = self.scratch / env_id / f"put-{uuid.uuid4().hex}"
 
         async def run() -> None:
             await asyncio.to_thread(_untar, data, source)
             try:
-                await self.environments[env_id].put(source, target)
+                await self.environments[env_id].put(source, target, executable=executable)
             finally:
                 await asyncio.to_thread(shutil.rmtree, source, True)
 
@@ -249,6 +252,8 @@ class RayBackend:
         """Round trips of the calls to the nodes' actors (what `n_concurrent: auto` steers by)."""
         self.image_summary = ImageSummary()
         """The nodes' image work, summed when the job's nodes close."""
+        self.internet_network: NetworkMode | None = None
+        """The nodes' network for tasks that need the internet, when every node offers the same one."""
         self.outages = 0
         """A node that dies is lost for the job (its tries fail with RayNodeError), never an outage to wait out."""
 
@@ -262,7 +267,9 @@ class RayBackend:
                 actor = _ACTOR.options(num_cpus=0, max_restarts=0, scheduling_strategy=pinned).remote(config, job)
                 nodes.append(Node(info["NodeID"], info["NodeManagerAddress"], actor))
             backend = cls(config, nodes, owns_connection=owns)
-            await backend._all("connect", "starting evalkit on node {} and reaching its Docker engine", timeout=_CONNECT_TIMEOUT_SEC)
+            networks = await backend._all("connect", "starting evalkit on node {} and reaching its Docker engine",
+                                          timeout=_CONNECT_TIMEOUT_SEC)
+            backend.internet_network = networks[0] if len(set(networks)) == 1 else None
             return backend
         except BaseException:
             for node in nodes:
@@ -410,6 +417,10 @@ class RayEnvironment:
         self.env_id = uuid.uuid4().hex
         self.node: Node | None = None
 
+    @property
+    def network_mode(self) -> NetworkMode:
+        return self.spec.network_mode
+
     async def start(self) -> ResourceEnvelope:
         self.node = await self.backend.place()
         spec = replace(self.spec, labels={**self.spec.labels, LABEL_NODE: self.node.node_id})
@@ -427,9 +438,9 @@ class RayEnvironment:
         result: ExecResult = await self._call("exec", "running a command", command, options)
         return result
 
-    async def put(self, source: Path, target: str) -> None:
+    async def put(self, source: Path, target: str, *, executable: Collection[str] = ()) -> None:
         data = await asyncio.to_thread(tar_directory, source)
-        await self._call("put", "copying files into the container", data, target)
+        await self._call("put", "copying files into the container", data, target, tuple(executable))
 
     async def read_file(self, path: str, *, max_bytes: int) -> bytes:
         data: bytes = await self._call("read_file", f"reading {path}", path, max_bytes)
