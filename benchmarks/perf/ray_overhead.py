@@ -37,9 +37,9 @@ from evalkit.environments import ray_cluster  # noqa: E402
 
 OBJECT_STORE = 80 * 1024 * 1024
 PATHS = {
-    "local": {"backend": "docker"},
-    "ray_1_node": {"backend": "ray", "ray": {"resources": {"bench_node_a": 1}, "max_trials_per_node": 8}},
-    "ray_2_nodes": {"backend": "ray", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 8}},
+    "local": {"backend": "docker", "network_mode": "host"},
+    "ray_1_node": {"backend": "ray", "network_mode": "host", "ray": {"resources": {"bench_node_a": 1}, "max_trials_per_node": 8}},
+    "ray_2_nodes": {"backend": "ray", "network_mode": "host", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 8}},
 }
 
 
@@ -132,7 +132,8 @@ def main(n_tasks: int, concurrency: int, repeat: int) -> dict:
         ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
         tasks_dir = make_tasks(root, n_tasks)
         # The shared image is built once, outside the timings (evalkit names images by context hash).
-        asyncio.run(evaluate({"job_name": "warmup", "jobs_dir": str(root / "warmup"), "dataset": {"path": str(tasks_dir), "n_tasks": 1}}))
+        asyncio.run(evaluate({"job_name": "warmup", "jobs_dir": str(root / "warmup"), "dataset": {"path": str(tasks_dir), "n_tasks": 1},
+                              "environment": {"network_mode": "host"}}))
         figures = asyncio.run(measure(tasks_dir, root, concurrency, repeat))
         return {"benchmark": "ray_overhead", "n_tasks": n_tasks, "concurrency": concurrency, "repeat": repeat,
                 "target_added_ms_per_trial": 50, "results": figures}

@@ -34,7 +34,7 @@ async def test_bundled_benchmarks_on_two_nodes_match_a_local_run(ray_cluster: Ra
     runs = {}
     for backend in ("docker", "ray"):
         name = f"ray-bundled-{backend}-{uuid.uuid4().hex[:6]}"
-        environment = {"backend": backend, "ray": {"resources": {"docker": 1}, "max_trials_per_node": 2}}
+        environment = {"backend": backend, "network_mode": "host", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 2}}
         runs[backend] = await evaluate({"job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4,
                                         "dataset": {"tasks": tasks}, "environment": environment})
         assert await job_containers(name) == []

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.docker
 def _config(tmp_path: Path, jobs_dir: Path, name: str, ray_config: dict) -> dict:
     task = write_task(tmp_path / "tasks", "hello")
     return {"job_name": name, "jobs_dir": str(jobs_dir), "dataset": {"tasks": [{"path": str(task)}]},
-            "environment": {"backend": "ray", "ray": ray_config}}
+            "environment": {"backend": "ray", "network_mode": "host", "ray": ray_config}}
 
 
 async def test_a_connection_evalkit_opens_is_closed_and_node_selection_is_kept(ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path):

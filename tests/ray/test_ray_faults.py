@@ -40,7 +40,7 @@ async def test_a_node_killed_mid_job_loses_no_trial(ray_cluster: RayTestCluster,
     config = {"job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4,
               "dataset": {"tasks": [{"path": str(t)} for t in tasks]},
               "retry": {"max_retries": 2, "backoff_sec": 0.1},
-              "environment": {"backend": "ray", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 2}}}
+              "environment": {"backend": "ray", "network_mode": "host", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 2}}}
     job = asyncio.ensure_future(evaluate(config))
     try:
         while not (victims := await _running_on(name, node_b)):
