@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import aiodocker
@@ -40,6 +41,18 @@ def write_task(
     (task / "solution" / "solve.sh").write_text(solve + "\n")
     (task / "tests" / "test.sh").write_text(test + "\n")
     return task
+
+
+def unique(name: str) -> str:
+    """A job or image name no other run on the shared Docker engine has: labels must not collide."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def slow_tasks(root: Path, n: int, seconds: float = 1.5) -> Path:
+    """`n` tasks whose reference solution sleeps, so a job is still running when a test acts on it."""
+    for i in range(n):
+        write_task(root, f"slow-{i:02d}", solve=f"sleep {seconds}; echo done > /tmp/out.txt")
+    return root
 
 
 def write_config(path: Path, data: dict) -> Path:

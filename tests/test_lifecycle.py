@@ -14,20 +14,9 @@ import pytest
 
 from evalkit import evaluate
 from evalkit.errors import ConfigError
-from tests.conftest import BENCHMARKS, HOST_NETWORK, job_containers, popen_cli, read_json, run_cli, write_config, write_task
+from tests.conftest import BENCHMARKS, HOST_NETWORK, job_containers, popen_cli, read_json, run_cli, slow_tasks, unique, write_config, write_task
 
 pytestmark = pytest.mark.docker
-
-
-def unique(name: str) -> str:
-    """Job names on a Docker engine other runs share: labels must not collide."""
-    return f"engine-{name}-{uuid.uuid4().hex[:6]}"
-
-
-def slow_tasks(root: Path, n: int, seconds: float = 1.5) -> Path:
-    for i in range(n):
-        write_task(root, f"slow-{i:02d}", solve=f"sleep {seconds}; echo done > /tmp/out.txt")
-    return root
 
 
 def finished_trials(job_dir: Path) -> dict[str, dict]:

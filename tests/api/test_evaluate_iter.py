@@ -4,22 +4,11 @@ shared state; a cancelled evaluation removes its containers and leaves a resumab
 from __future__ import annotations
 
 import asyncio
-import uuid
 from contextlib import aclosing
 from pathlib import Path
 
 from evalkit import TrialResult, evaluate, evaluate_iter
-from tests.conftest import job_containers, read_json, write_task
-
-
-def unique(name: str) -> str:
-    return f"api-{name}-{uuid.uuid4().hex[:6]}"
-
-
-def slow_tasks(root: Path, n: int, seconds: float = 1.0) -> Path:
-    for i in range(n):
-        write_task(root, f"slow-{i}", solve=f"sleep {seconds}; echo done > /tmp/out.txt")
-    return root
+from tests.conftest import job_containers, read_json, slow_tasks, unique
 
 
 def config(tmp_path: Path, name: str, tasks: Path, **extra) -> dict:
@@ -36,7 +25,7 @@ async def test_results_arrive_one_by_one_and_a_finished_job_resumes_to_the_same_
             seen.append(result)
             done = read_json(tmp_path / "jobs" / name / f"{result.trial_name}" / "result.json")
             assert done["rewards"] == {"reward": 1.0}  # yielded after its result is on disk
-    assert sorted(r.trial_name for r in seen) == ["slow-0__0", "slow-1__0", "slow-2__0"]
+    assert sorted(r.trial_name for r in seen) == ["slow-00__0", "slow-01__0", "slow-02__0"]
     again = [r async for r in evaluate_iter(cfg)]  # resumed: nothing left to run, the stored results come back
     assert sorted(r.trial_name for r in again) == sorted(r.trial_name for r in seen)
     final = await evaluate(cfg)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,9 @@ import pytest
 from evalkit.config import config_from_dict
 from evalkit.errors import ConfigError
 from evalkit.metrics import compute_metrics
-from tests.conftest import REPO, job_containers, read_json, write_config, write_task
+from tests.conftest import REPO, job_containers, read_json, unique, write_config, write_task
 
 FLAKY = "tests.api.agents:FlakySetupAgent"
-
-
-def unique(name: str) -> str:
-    return f"api-{name}-{uuid.uuid4().hex[:6]}"
 
 
 def three_tasks(root: Path) -> Path:

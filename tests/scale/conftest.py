@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-
 import aiodocker
 
 BASE = "debian:bookworm-slim"
-
-
-def unique(name: str) -> str:
-    return f"scale-{name}-{uuid.uuid4().hex[:8]}"
 
 
 async def remove_images(*names: str) -> None:

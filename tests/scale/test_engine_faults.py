@@ -21,7 +21,7 @@ import pytest
 
 from evalkit import evaluate
 from tests.conftest import BENCHMARKS, expected_outcomes, job_containers, write_task
-from tests.scale.conftest import unique
+from tests.conftest import unique
 
 pytestmark = pytest.mark.docker
 

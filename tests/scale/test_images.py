@@ -16,7 +16,8 @@ import pytest
 from evalkit import evaluate
 from evalkit.environments.images import build_image, dockerfile_bases, dockerfile_features, parse_reference
 from tests.conftest import BENCHMARKS, HOST_NETWORK, job_containers, write_task
-from tests.scale.conftest import BASE, images_labelled, remove_images, unique
+from tests.conftest import unique
+from tests.scale.conftest import BASE, images_labelled, remove_images
 
 pytestmark = pytest.mark.docker
 

@@ -11,7 +11,7 @@ import pytest
 
 from evalkit import evaluate
 from tests.conftest import HOST_NETWORK, job_containers, read_json, run_cli, write_config, write_task
-from tests.scale.conftest import unique
+from tests.conftest import unique
 
 pytestmark = pytest.mark.docker
 

@@ -13,7 +13,7 @@ import aiodocker
 
 from evalkit import evaluate
 from tests.conftest import HOST_NETWORK, write_task
-from tests.scale.conftest import unique
+from tests.conftest import unique
 
 
 async def _engine_events(docker: aiodocker.Docker, job_name: str, seen: list[str], destroyed: asyncio.Event) -> None:
