@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel
 
 from evalkit.analysis.reader import read_job_files
+from evalkit.lock import job_is_running
 from evalkit.results import utcnow
 
 ARCHIVE_SCHEMA_VERSION = 1
@@ -181,33 +182,6 @@ def create_archive(
 # ----------------------------------------------------------------------------------------------- status
 
 
-def lock_holder(lock_path: Path) -> bool:
-    """Is `lock_path` flock-ed by some process? Read from /proc/locks (Linux), so looking never takes the lock
-    and a runner starting at that moment is never refused; elsewhere, a shared non-blocking probe."""
-    try:
-        st = os.stat(lock_path, follow_symlinks=False)
-    except OSError:
-        return False
-    proc_locks = Path("/proc/locks")
-    if proc_locks.exists():
-        suffix = f":{st.st_ino}"
-        for line in proc_locks.read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(suffix):
-                major, minor, inode = fields[5].split(":")
-                if int(inode) == st.st_ino and (int(major, 16), int(minor, 16)) == (os.major(st.st_dev), os.minor(st.st_dev)):
-                    return True
-        return False
-    fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 class JobStatus(BaseModel):
     job_name: str
     running: bool
@@ -251,7 +225,7 @@ def status_snapshot(artifacts_dir: Path, *, last: int = 5) -> StatusReport:
             continue
         files = read_job_files(job_dir)
         results = files.results or {}
-        running = lock_holder(job_dir / ".lock")
+        running = job_is_running(job_dir)
         status = results.get("status")
         jobs.append(JobStatus(job_name=files.job_name, running=running,
                               status="stale" if status == "running" and not running else status,

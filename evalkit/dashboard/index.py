@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from evalkit.analysis.archives import lock_holder
+from evalkit.lock import lock_held
 from evalkit.analysis.reader import (
     JobFiles,
     TryRecord,
@@ -240,7 +240,7 @@ def runner_active(job_dir: Path, status: Any) -> bool:
     `.lock` at all was written by an evalkit that took no job lock, and then `results.json` is believed."""
     lock = job_dir / ".lock"
     if lock.exists() or lock.is_symlink():
-        return lock_holder(lock)
+        return lock_held(lock)
     return status == "running"
 
 

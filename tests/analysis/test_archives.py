@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from evalkit.analysis.archives import clean_outputs, create_archive, lock_holder, status_snapshot
+from evalkit.analysis.archives import clean_outputs, create_archive, status_snapshot
+from evalkit.lock import lock_held
 from tests.conftest import REPO, run_cli
 
 ARCHIVE = """
@@ -76,7 +77,7 @@ def test_status_and_clean_skip_a_running_job_and_never_touch_archives(jobs, tmp_
     holder = os.open(running / ".lock", os.O_RDWR | os.O_CREAT)  # a runner holds the job's lock
     fcntl.flock(holder, fcntl.LOCK_EX)
     try:
-        assert lock_holder(running / ".lock") and not lock_holder(artifacts / "jobs" / jobs.oracle.name / ".lock")
+        assert lock_held(running / ".lock") and not lock_held(artifacts / "jobs" / jobs.oracle.name / ".lock")
         status = status_snapshot(artifacts)
         assert {j.job_name: j.running for j in status.jobs} == {jobs.oracle.name: False, jobs.nop.name: True}
         assert [r["run"] for r in status.last_runs] == ["run_001"] and status.disk_bytes["jobs"] > 0
