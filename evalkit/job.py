@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import secrets
 import time
 import uuid
@@ -27,6 +26,7 @@ from pydantic import ValidationError
 
 from evalkit.adapters.harbor import TaskRef, resolve_tasks
 from evalkit.agents import Agent, agent_factory
+from evalkit.agents.base import uses_route
 from evalkit.cleanup import uncancellable
 from evalkit.concurrency import AdaptiveConcurrency, Limiter
 from evalkit.config import SECRET_MARK, JobConfig
@@ -40,17 +40,19 @@ from evalkit.errors import (
     TaskConfigError,
     TrialError,
 )
-from evalkit.gateway import Gateway
+from evalkit.gateway import Gateway, LLMApiConfig
 from evalkit.lock import JobLock
 from evalkit.metrics import MetricsReport, compute_metrics, mean_pass_at_k, passed, phase_stats
 from evalkit.results import (
     ImageSummary,
     JobSummary,
+    TRY_DIR_NAME,
     NodeStats,
     TaskSummary,
     TrialResult,
     overwrite_json_in_place,
     sum_usage,
+    try_dir_name,
     utcnow,
     write_json_atomic,
 )
@@ -61,7 +63,6 @@ from evalkit.trial import PhaseTimeouts, TrySpec, phase_timeouts, record_without
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
 JOB_SCHEMA_VERSION = 2
-_TRY_NAME = re.compile(r"^(?P<trial>.+__\d+)(?:-try(?P<try>\d+))?$")
 _CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
 _CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "PIP_CERT", "CURL_CA_BUNDLE")
 
@@ -285,7 +286,7 @@ class Job:
     def _load_tries(self) -> None:
         by_name = {trial.name: trial for trial in self.trials}
         for try_dir in sorted(self.job_dir.iterdir()):
-            match = _TRY_NAME.match(try_dir.name)
+            match = TRY_DIR_NAME.match(try_dir.name)
             trial = by_name.get(match.group("trial")) if match else None
             if trial is None or not try_dir.is_dir():
                 continue
@@ -345,9 +346,7 @@ class Job:
                     llm_api = await stack.enter_async_context(  # Mode B: start the model servers it names
                         managed_llm_api(self.config.llm_api, log_dir=self.model_server_logs, base_dir=self.config.base_dir)
                     )
-                    gateway = await stack.enter_async_context(
-                        Gateway.serve(llm_api, job_name=self.config.job_name, artifacts_dir=self.config.artifacts_dir)
-                    )
+                    gateway = await stack.enter_async_context(self._gateway(backend, llm_api, pending))
                 status = "interrupted"
                 await self._write_summary("running")
                 try:
@@ -372,6 +371,16 @@ class Job:
             if status is not None:
                 await uncancellable(self._write_final(status))
         return JobResult(job_dir=self.job_dir, summary=self.summary(status), trials=[t.final for t in self.trials if t.final])
+
+    def _gateway(self, backend: EnvironmentBackend, llm_api: LLMApiConfig, pending: list[Trial]) -> Any:
+        """The job's model route: its gateway, or on a cluster whose containers run the agent, a gateway on
+        each node (the route is a socket mounted from the container's machine)."""
+        on_nodes = getattr(backend, "model_routes", None)
+        assert self._make_agent is not None
+        if on_nodes is not None and uses_route(self._make_agent()):
+            tasks = {t.name: t.task for t in pending if t.task is not None}
+            return on_nodes(llm_api, job_name=self.config.job_name, artifacts_dir=self.config.artifacts_dir, tasks=tasks)
+        return Gateway.serve(llm_api, job_name=self.config.job_name, artifacts_dir=self.config.artifacts_dir)
 
     async def _sweep_quietly(self) -> None:
         """Nothing to run: still remove what an earlier run left (an engine restart, a failed removal), if
@@ -481,7 +490,7 @@ class Job:
                 )
 
     def _try_spec(self, trial: Trial) -> TrySpec:
-        name = trial.name if trial.next_try == 0 else f"{trial.name}-try{trial.next_try}"
+        name = try_dir_name(trial.name, trial.next_try)
         trial.next_try += 1
         environment = self.config.environment
         return TrySpec(

@@ -7,6 +7,7 @@ written atomically (temp file + rename), so a crash never leaves half a file.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +21,20 @@ from evalkit.metrics import MetricsReport
 
 RESULT_SCHEMA_VERSION = 2
 """2: errors carry `kind` and `phase`; results record the resource envelope and download notes."""
+
+
+TRY_DIR_NAME = re.compile(r"^(?P<trial>.+__\d+)(?:-try(?P<try>\d+))?$")
+"""A try's directory in the job directory: its trial's name (`<task>__<attempt>`), then `-try<N>` for a retry."""
+
+
+def try_dir_name(trial: str, try_index: int) -> str:
+    return trial if try_index == 0 else f"{trial}-try{try_index}"
+
+
+def trial_of(try_name: str) -> str:
+    """The trial a try belongs to (every try of a trial shares it)."""
+    match = TRY_DIR_NAME.match(try_name)
+    return match.group("trial") if match else try_name
 
 
 def utcnow() -> datetime:

@@ -46,11 +46,15 @@ from evalkit.environments.base import (
     NetworkMode,
 )
 from evalkit.environments.images import tar_directory
+from evalkit.environments.ray_routes import NodeGateway, NodeRoutes, RouteSetup
 from evalkit.errors import ConfigError, InfrastructureError, RayNodeError
 from evalkit.results import DownloadReport, ImageSummary, NodeStats, ResourceEnvelope
 
 if TYPE_CHECKING:
     from evalkit.config import EnvironmentConfig, RayConfig
+    from evalkit.environments.base import Mount
+    from evalkit.gateway.config import LLMApiConfig
+    from evalkit.gateway.trials import TrialAccess
     from evalkit.tasks import Task
 
 LABEL_NODE = "evalkit.ray_node"
@@ -75,6 +79,8 @@ class NodeAgent:
         self.environments: dict[str, Environment] = {}
         self.scratch = Path(tempfile.mkdtemp(prefix=f"evalkit-ray-{job.job_id[:8]}-"))
         """Node-local files on their way to the driver (build logs, downloads); removed as they leave."""
+        self.gateway = NodeGateway(self.scratch)
+        """The node's model route, for agents in containers (started by the driver's first try here)."""
 
     async def connect(self) -> tuple[bool, Any, None]:
         """Connect this node's Docker backend (an InfrastructureError if its engine does not answer); returns
@@ -113,6 +119,7 @@ class NodeAgent:
             return backend.image_summary
 
         try:
+            await self.gateway.stop()  # normally stopped already (`stop_gateway`)
             return await _outcome(run())
         finally:
             await asyncio.to_thread(shutil.rmtree, self.scratch, True)
@@ -175,6 +182,27 @@ class NodeAgent:
             return await _outcome(env.stop()) if env is not None else (True, None, None)
         finally:
             await asyncio.to_thread(shutil.rmtree, self.scratch / env_id, True)
+
+
+    # ------------------------------------------------------------------- the node's model route (ray_routes.py)
+
+    async def start_gateway(self, setup: RouteSetup) -> tuple[bool, Any, None]:
+        return await _outcome(self.gateway.start(setup))
+
+    async def open_route(self, trial_id: str, home: int | None) -> tuple[bool, Any, None]:
+        return await _outcome(self.gateway.open(trial_id, home))
+
+    async def close_route(self, api_key: str) -> tuple[bool, Any, None]:
+        return await _outcome(self.gateway.close(api_key))
+
+    async def read_trajectory(self, api_key: str, offset: int, size: int) -> tuple[bool, Any, None]:
+        return await _outcome(self.gateway.read(api_key, offset, size))
+
+    async def release_route(self, access: TrialAccess) -> tuple[bool, Any, None]:
+        return await _outcome(self.gateway.release(access))
+
+    async def stop_gateway(self) -> tuple[bool, Any, None]:
+        return await _outcome(self.gateway.stop())
 
 
 _ACTOR = ray.remote(NodeAgent)
@@ -241,9 +269,13 @@ class RayBackend:
     """One job's nodes: an actor per selected node, placement by free capacity, and the node statistics for
     `results.json`. Create with `await RayBackend.connect(...)`."""
 
-    def __init__(self, config: EnvironmentConfig, nodes: list[Node], *, owns_connection: bool) -> None:
+    def __init__(self, config: EnvironmentConfig, nodes: list[Node], *, owns_connection: bool, driver_address: str) -> None:
         self.config = config
         self.nodes = nodes
+        self.driver_address = driver_address
+        """The address of the node this driver runs on (what reaches the driver's loopback)."""
+        self._reserved: dict[Path, _Reservation] = {}
+        """Model routes opened on a node, by mount source: the try's container goes to that node."""
         self.owns_connection = owns_connection
         """Whether evalkit called `ray.init` (and so calls `ray.shutdown`); never for the caller's connection."""
         self._changed = asyncio.Event()
@@ -262,11 +294,12 @@ class RayBackend:
         owns = await asyncio.to_thread(_ensure_connection, config.ray)
         nodes: list[Node] = []
         try:
+            driver_address = await asyncio.to_thread(_driver_address)
             for info in await asyncio.to_thread(_select_nodes, config.ray):
                 pinned = NodeAffinitySchedulingStrategy(info["NodeID"], soft=False)
                 actor = _ACTOR.options(num_cpus=0, max_restarts=0, scheduling_strategy=pinned).remote(config, job)
                 nodes.append(Node(info["NodeID"], info["NodeManagerAddress"], actor))
-            backend = cls(config, nodes, owns_connection=owns)
+            backend = cls(config, nodes, owns_connection=owns, driver_address=driver_address)
             networks = await backend._all("connect", "starting evalkit on node {} and reaching its Docker engine",
                                           timeout=_CONNECT_TIMEOUT_SEC)
             backend.internet_network = networks[0] if len(set(networks)) == 1 else None
@@ -280,6 +313,32 @@ class RayBackend:
 
     def environment(self, task: Task, spec: EnvironmentSpec) -> RayEnvironment:
         return RayEnvironment(self, task, spec)
+
+    def model_routes(self, llm_api: LLMApiConfig, *, job_name: str, artifacts_dir: Path,
+                     tasks: Mapping[str, Task]) -> Any:
+        """The job's model route for agents in containers: a gateway on each node (`ray_routes.NodeRoutes`)."""
+        return NodeRoutes.serve(self, llm_api, job_name=job_name, artifacts_dir=artifacts_dir, tasks=tasks)
+
+    def reserve(self, source: Path, node: Node) -> None:
+        """A slot `place` gave for a model route mounted from `source`: the environment that mounts it takes it."""
+        self._reserved[source] = _Reservation(node)
+
+    def take(self, mounts: Collection[Mount]) -> Node | None:
+        """The node reserved for an environment that mounts a model route (its slot now the environment's)."""
+        for mount in mounts:
+            if (reservation := self._reserved.get(mount.source)) is not None and not reservation.taken:
+                reservation.taken = True
+                return reservation.node
+        return None
+
+    def unreserve(self, source: Path) -> Node | None:
+        """The route is gone: its slot is freed unless an environment took it (that one frees it on `stop`)."""
+        reservation = self._reserved.pop(source, None)
+        if reservation is None:
+            return None
+        if not reservation.taken:
+            self.free(reservation.node)
+        return reservation.node
 
     async def prepare(self, task: Task, *, timeout_sec: float | None, log_path: Path | None) -> None:
         """The task's images on every live node (a try may be placed on any), held there until `release`;
@@ -335,6 +394,33 @@ class RayBackend:
         """Per node: environments in flight, tries placed, whether it was lost (for `results.json`)."""
         return {n.label: NodeStats(address=n.address, in_flight=n.in_flight, tries=n.tries, lost=n.lost) for n in self.nodes}
 
+    async def call(self, node: Node, method: str, doing: str, *args: Any) -> Any:
+        """One call to a node's actor; its value, or the error the node raised (rebuilt here)."""
+        return _value(*await self.call_raw(node, method, doing, *args))
+
+    async def call_raw(self, node: Node, method: str, doing: str, *args: Any) -> tuple[bool, Any, Any]:
+        """One call to a node's actor as `(ok, value, files)`. A lost node is a `RayNodeError` (and is lost
+        for the job when its actor died); cancelling the caller cancels the call on the node."""
+        if node.lost:
+            raise RayNodeError(f"Ray node {node.label} ({node.address}) was lost before {doing}")
+        ref = getattr(node.actor, method).remote(*args)
+        started = time.monotonic()
+        try:
+            outcome: tuple[bool, Any, Any] = await ref
+        except asyncio.CancelledError:
+            with contextlib.suppress(RayError):
+                ray.cancel(ref)  # the node stops the call (an exec's clean-up runs there)
+            raise
+        except RayActorError:
+            self.health.failures += 1
+            self.lose(node)
+            raise RayNodeError(f"Ray node {node.label} ({node.address}) was lost while {doing}") from None
+        except RayError as exc:
+            self.health.failures += 1
+            raise RayNodeError(f"Ray node {node.label} ({node.address}) failed while {doing}: {type(exc).__name__}") from None
+        self.health.record(time.monotonic() - started)
+        return outcome
+
     async def _all(self, method: str, doing: str, *args: Any, strict: bool = True, timeout: float | None = None) -> list[Any]:
         """Call `method` on every live node's actor at once. `strict`: the first failure is raised as an
         InfrastructureError naming the node; otherwise failed nodes are skipped."""
@@ -381,6 +467,17 @@ class RayBackend:
         self._changed.set()
 
 
+@dataclass
+class _Reservation:
+    node: Node
+    taken: bool = False
+
+
+def _driver_address() -> str:
+    here = ray.get_runtime_context().get_node_id()
+    return next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == here), "")
+
+
 def _ensure_connection(config: RayConfig) -> bool:
     """Reuse this process's Ray connection, or open one to `address`; True if evalkit opened it."""
     if ray.is_initialized():
@@ -422,12 +519,12 @@ class RayEnvironment:
         return self.spec.network_mode
 
     async def start(self) -> ResourceEnvelope:
-        self.node = await self.backend.place()
+        self.node = self.backend.take(self.spec.mounts) or await self.backend.place()
         spec = replace(self.spec, labels={**self.spec.labels, LABEL_NODE: self.node.node_id})
         ok, value, logs = await self._raw("start", "starting the environment", self.task, spec)
         if logs is not None and self.spec.build_log is not None:
             await _unpack(logs, self.spec.build_log.parent, max_bytes=_BUILD_LOGS_MAX_BYTES, max_files=100)
-        return self._value(ok, value)
+        return _value(ok, value)
 
     async def mark_baseline(self) -> None:
         await self._call("mark_baseline", "listing the environment's processes")
@@ -451,7 +548,7 @@ class RayEnvironment:
         limits = {"max_bytes": max_bytes, "max_files": max_files, "reserved": tuple(reserved)}
         try:
             ok, value, data = await self._raw("download", f"copying {source_dir} out", source_dir, limits)
-            node_report: DownloadReport = self._value(ok, value)
+            node_report: DownloadReport = _value(ok, value)
         except RayNodeError as exc:
             return DownloadReport(error=str(exc))
         return await _received(node_report, data, target_dir, max_bytes=max_bytes, max_files=max_files, reserved=reserved)
@@ -459,7 +556,7 @@ class RayEnvironment:
     async def download_many(self, source_dir: str, routes: Mapping[str, DownloadTarget]) -> dict[str, DownloadReport]:
         try:
             ok, value, files = await self._raw("download_many", f"copying {source_dir} out", source_dir, dict(routes))
-            node_reports: dict[str, DownloadReport] = self._value(ok, value)
+            node_reports: dict[str, DownloadReport] = _value(ok, value)
         except RayNodeError as exc:
             return {name: DownloadReport(error=str(exc)) for name in routes}
         reports = {}
@@ -483,42 +580,21 @@ class RayEnvironment:
             self.backend.free(node)
 
     async def _call(self, method: str, doing: str, *args: Any) -> Any:
-        return self._value(*await self._raw(method, doing, *args))
+        return _value(*await self._raw(method, doing, *args))
 
     async def _raw(self, method: str, doing: str, *args: Any) -> tuple[bool, Any, bytes | None]:
         if self.node is None:
             raise RuntimeError(f"{method} before start")
-        return await self._call_on_raw(self.node, method, doing, *args)
+        return await self.backend.call_raw(self.node, method, doing, self.env_id, *args)
 
     async def _call_on(self, node: Node, method: str, doing: str, *args: Any) -> Any:
-        return self._value(*await self._call_on_raw(node, method, doing, *args))
+        return _value(*await self.backend.call_raw(node, method, doing, self.env_id, *args))
 
-    async def _call_on_raw(self, node: Node, method: str, doing: str, *args: Any) -> tuple[bool, Any, bytes | None]:
-        if node.lost:
-            raise RayNodeError(f"Ray node {node.label} ({node.address}) was lost before {doing}")
-        ref = getattr(node.actor, method).remote(self.env_id, *args)
-        started = time.monotonic()
-        try:
-            outcome: tuple[bool, Any, bytes | None] = await ref
-        except asyncio.CancelledError:
-            with contextlib.suppress(RayError):
-                ray.cancel(ref)  # the node stops the call (an exec's clean-up runs there)
-            raise
-        except RayActorError:
-            self.backend.health.failures += 1
-            self.backend.lose(node)
-            raise RayNodeError(f"Ray node {node.label} ({node.address}) was lost while {doing}") from None
-        except RayError as exc:
-            self.backend.health.failures += 1
-            raise RayNodeError(f"Ray node {node.label} ({node.address}) failed while {doing}: {type(exc).__name__}") from None
-        self.backend.health.record(time.monotonic() - started)
-        return outcome
 
-    @staticmethod
-    def _value(ok: bool, value: Any, *_: Any) -> Any:
-        if not ok:
-            raise _rebuilt(value)
-        return value
+def _value(ok: bool, value: Any, *_: Any) -> Any:
+    if not ok:
+        raise _rebuilt(value)
+    return value
 
 
 async def _ask(ref: Any) -> tuple[bool, Any, Any] | None:

@@ -52,7 +52,7 @@ error."""
 log = logging.getLogger("evalkit.gateway")
 
 
-def _api_keys(config: LLMApiConfig) -> list[str | None]:
+def api_keys(config: LLMApiConfig) -> list[str | None]:
     keys = []
     for i, deployment in enumerate(config.deployments):
         if deployment.api_key_env is None:
@@ -242,9 +242,14 @@ class Gateway:
 
     @classmethod
     @asynccontextmanager
-    async def serve(cls, config: LLMApiConfig, *, job_name: str, artifacts_dir: Path) -> AsyncIterator[Gateway]:
-        """Start the gateway processes; on exit (cancellation included) close every trial and stop them."""
-        keys = _api_keys(config)
+    async def serve(cls, config: LLMApiConfig, *, job_name: str, artifacts_dir: Path, keys: list[str | None] | None = None,
+                    nodes: int = 1) -> AsyncIterator[Gateway]:
+        """Start the gateway processes; on exit (cancellation included) close every trial and stop them.
+
+        On a cluster each node runs a gateway of its own (`environments/ray_routes.py`): `keys` are the
+        upstream keys the driver read from its environment (else they are read here, by `api_key_env`), and
+        `nodes` how many node gateways share each deployment's `max_in_flight`."""
+        keys = api_keys(config) if keys is None else keys
         prices = [await asyncio.to_thread(price_of, d) for d in config.deployments]  # LiteLLM only for remote APIs
         job_dir = Path(artifacts_dir) / "litellm" / job_name
         await asyncio.to_thread(job_dir.mkdir, parents=True, exist_ok=True)
@@ -261,7 +266,7 @@ class Gateway:
             "admin_key": "eka-" + token_urlsafe(24),
             "routes": str(routes.root),
             "rejected": str(job_dir / "rejected.jsonl"),
-            "processes": config.processes,
+            "shares": config.processes * nodes,
             "host": config.host,
         }
         gateway = cls(config, job_dir, routes, init)
@@ -312,11 +317,13 @@ class Gateway:
             raise InfrastructureError("no gateway process is running (each one died, and restarts ran out)")
         return min(live, key=lambda p: (len(p.trials), p.index))
 
-    async def open_trial(self, trial_id: str, trajectory_path: Path, *, api_key: str | None = None) -> TrialAccess:
+    async def open_trial(self, trial_id: str, trajectory_path: Path, *, api_key: str | None = None,
+                         home: int | None = None) -> TrialAccess:
         """Issue a fresh key and Unix-socket route whose calls are appended to `trajectory_path`.
 
         The trajectory's directory must not be a symlink and the file must not exist (`logfile.open_log`);
-        `api_key` is only for ad-hoc use (`evalkit gateway --key`).
+        `api_key` is only for ad-hoc use (`evalkit gateway --key`); `home` is the index of the deployment the
+        trial sticks to (decided by the caller, as a cluster's driver does), else the least-loaded one's.
         """
         key = api_key or new_key()
         if key in self._owner or key in self._closed or key in self._closing or key == self.admin_key:
@@ -326,7 +333,7 @@ class Gateway:
         process = await self._process_for_new_trial()
         self._owner[key] = process
         opening = asyncio.ensure_future(
-            process.request("open", trial_id=trial_id, trajectory=str(trajectory_path), api_key=key)
+            process.request("open", trial_id=trial_id, trajectory=str(trajectory_path), api_key=key, home=home)
         )
         try:
             opened = await asyncio.shield(opening)

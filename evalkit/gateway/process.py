@@ -50,9 +50,8 @@ class GatewayProcess:
     def __init__(self, init: dict[str, Any]) -> None:
         self.config = config = LLMApiConfig.model_validate(init["config"])
         prices = [Price(*p) if p else None for p in init["prices"]]
-        processes = init["processes"]
         deployments = [
-            Deployment(i, d, init["keys"][i], prices[i], processes) for i, d in enumerate(config.deployments)
+            Deployment(i, d, init["keys"][i], prices[i], init["shares"]) for i, d in enumerate(config.deployments)
         ]
         self._pool = DeploymentPool(deployments, config)
         self._routes = RouteDirs(Path(init["routes"]))
@@ -96,7 +95,7 @@ class GatewayProcess:
         reachable = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
         return f"http://{f'[{reachable}]' if ':' in reachable else reachable}:{self._runner.addresses[0][1]}"
 
-    async def open_trial(self, trial_id: str, trajectory: str, api_key: str) -> dict[str, Any]:
+    async def open_trial(self, trial_id: str, trajectory: str, api_key: str, home: int | None = None) -> dict[str, Any]:
         path = Path(trajectory)
         if self.front.stopping:
             raise InfrastructureError("the gateway is stopping: no new trials")
@@ -112,6 +111,8 @@ class GatewayProcess:
             await uncancellable(asyncio.to_thread(log_file.discard))
             raise InfrastructureError("the gateway is stopping: no new trials")
         self._trials[api_key] = trial
+        if home is not None:
+            self._pool.pin(api_key, home)
         return {"socket_path": str(trial.route.socket_path)}
 
     async def close_trial(self, api_key: str) -> dict[str, Any]:

@@ -44,7 +44,7 @@ class Deployment:
     """One upstream and what this gateway process knows about it right now."""
 
     def __init__(
-        self, index: int, config: DeploymentConfig, api_key: str | None, price: Price | None, processes: int = 1
+        self, index: int, config: DeploymentConfig, api_key: str | None, price: Price | None, shares: int = 1
     ) -> None:
         self.index, self.config, self.api_key, self.price = index, config, api_key, price
         self.label = config.label
@@ -65,7 +65,7 @@ class Deployment:
         self.fails = 0
         """Consecutive replica-level failures."""
         self.cooldown_until = 0.0
-        self.slots = asyncio.Semaphore(slot_share(config.max_in_flight, processes)) if config.max_in_flight else None
+        self.slots = asyncio.Semaphore(slot_share(config.max_in_flight, shares)) if config.max_in_flight else None
         """This process's share of `max_in_flight` (see `slot_share`)."""
 
     def healthy(self, now: float | None = None) -> bool:
@@ -82,11 +82,12 @@ class Deployment:
         return health
 
 
-def slot_share(max_in_flight: int, processes: int) -> int:
-    """Each gateway process's part of a deployment's cap: the cap split evenly, rounded up, so the deployment
-    may see up to `processes - 1` calls more than `max_in_flight` at once (the stated tolerance), and never
-    fewer than one slot per process. Trials are spread evenly over the processes, so their shares fill alike."""
-    return max(1, -(-max_in_flight // processes))
+def slot_share(max_in_flight: int, shares: int) -> int:
+    """Each gateway process's part of a deployment's cap, `shares` being how many processes hold a part (the
+    job's gateway processes, on every node of a cluster): the cap split evenly, rounded up, so the deployment
+    may see up to `shares - 1` calls more than `max_in_flight` at once (the stated tolerance), and never fewer
+    than one slot per process. Trials are spread evenly over the processes, so their shares fill alike."""
+    return max(1, -(-max_in_flight // shares))
 
 
 @dataclass(slots=True)
@@ -220,6 +221,12 @@ class DeploymentPool:
             chosen.serving += 1
             placement.current = chosen
         return chosen
+
+    def pin(self, trial_key: str, home: int) -> None:
+        """Make deployment `home` the trial's home (chosen by whoever sees every trial: on a cluster, the driver)."""
+        deployment = self.deployments[home]
+        deployment.homes += 1
+        self._placements[trial_key] = Placement(deployment)
 
     def unpin(self, trial_key: str) -> None:
         if (placement := self._placements.pop(trial_key, None)) is not None:
