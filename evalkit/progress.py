@@ -117,7 +117,8 @@ def summary_table(summary: JobSummary) -> Table:
     for error_type, count in sorted(summary.errors.items()):
         table.add_row(f"[red]{error_type}", str(count))
     for node, placed in (summary.nodes or {}).items():
-        table.add_row(f"node {node}", f"{placed.tries} tries{' (lost)' if placed.lost else ''}")
+        images = f", images built {placed.images.built}, pulled {placed.images.pulled}, reused {placed.images.reused}"
+        table.add_row(f"node {node}", f"{placed.tries} tries{' (lost)' if placed.lost else ''}{images}")
     for phase, stats in summary.phases.items():
         table.add_row(f"{phase} time", f"mean {stats.mean_sec:.2f}s  p95 {stats.p95_sec:.2f}s  max {stats.max_sec:.2f}s")
     return table

@@ -340,10 +340,12 @@ class DockerBackend:
         except (aiodocker.DockerError, aiohttp.ClientError, OSError):
             pass
 
-    async def sweep(self, *, stopped_only: bool = False) -> int:
+    async def sweep(self, *, stopped_only: bool = False, labels: Mapping[str, str] | None = None) -> int:
         """Remove every container of this job id (left by a killed run of it, or stopped by an engine
-        restart); other jobs' are untouched. `stopped_only` spares those still running or being made."""
-        filters: dict[str, list[str]] = {"label": [f"{LABEL_JOB_ID}={self.job.job_id}"]}
+        restart); other jobs' are untouched. `stopped_only` spares those still running or being made;
+        `labels` narrows it to those that also carry these labels (a lost cluster node's)."""
+        extra = [f"{key}={value}" for key, value in (labels or {}).items()]
+        filters: dict[str, list[str]] = {"label": [f"{LABEL_JOB_ID}={self.job.job_id}", *extra]}
         if stopped_only:
             filters["status"] = ["exited", "dead"]
         containers = await self.client.containers.list(all=True, filters=filters)

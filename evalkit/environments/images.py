@@ -21,6 +21,7 @@ import os
 import re
 import stat
 import tarfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
@@ -588,6 +589,9 @@ class _Log:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._pending: list[str] = []
+        self._writing = threading.Lock()
+        """Flushes run one at a time, so the last one (awaited when the build ends) returns only once every
+        line is in the file (a node sends the file away right after)."""
 
     def write(self, text: str) -> None:
         self._pending.append(text)
@@ -601,11 +605,12 @@ class _Log:
             self.flush()
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if pending and str(self.path) != os.devnull:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as f:
-                f.write("".join(pending))
+        with self._writing:
+            pending, self._pending = self._pending, []
+            if pending and str(self.path) != os.devnull:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a") as f:
+                    f.write("".join(pending))
 
 
 def _dockerfile(context: Path) -> str:

@@ -7,10 +7,17 @@ the actor of the node the environment was placed on, and everything a try produc
 (bounded by the same download caps) that the driver unpacks with the same safe extractor as a local run. So
 the driver is the only writer of the job directory, its layout is a local run's, and resume works the same.
 
+Images follow the tries: a task's images are prepared on one node (one that has them already, else the one
+holding the fewest), and a try goes to a node with a free slot that has its task's images, before the node
+with the most free slots; a node that lacks them makes them when the try starts there.
+
 A node whose actor or raylet dies fails the calls in flight with `RayNodeError`, an infrastructure error in
 every phase (like a Docker engine that stops answering): the try is recorded and retried on a surviving
-node under the job's retry policy. Its containers are removed by a surviving node at the end of the job
-when they share its engine, and otherwise by the next run of the job (every actor sweeps the job id first).
+node under the job's retry policy. From the first loss on, the backend looks for selected nodes that came
+alive (the lost one back, a replacement): each gets an actor that first removes what the lost nodes left
+where it can reach (their containers of this job on its engine, their scratch directories on its disk), and
+then takes tries. Whatever is still left goes at the end of the job (a surviving node sweeps), or in the next
+run of the job (every actor sweeps the job id, and its disk's scratch directories of earlier runs, first).
 """
 
 from __future__ import annotations
@@ -18,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import shutil
 import tarfile
 import tempfile
 import time
 import uuid
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,21 +41,20 @@ from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from evalkit.cleanup import uncancellable
-from evalkit.environments import connect_backend
 from evalkit.environments.archive import extraction_reader, read_tar_stream
 from evalkit.environments.base import (
     BackendHealth,
     DownloadTarget,
     Environment,
-    EnvironmentBackend,
     EnvironmentSpec,
     ExecResult,
     JobIdentity,
     NetworkMode,
 )
+from evalkit.environments.docker import DockerBackend, image_views
 from evalkit.environments.images import tar_directory
 from evalkit.environments.ray_routes import NodeGateway, NodeRoutes, RouteSetup
-from evalkit.errors import ConfigError, InfrastructureError, RayNodeError
+from evalkit.errors import ConfigError, EnvironmentBuildError, InfrastructureError, RayNodeError
 from evalkit.results import DownloadReport, ImageSummary, NodeStats, ResourceEnvelope
 
 if TYPE_CHECKING:
@@ -57,11 +64,14 @@ if TYPE_CHECKING:
     from evalkit.gateway.trials import TrialAccess
     from evalkit.tasks import Task
 
+log = logging.getLogger(__name__)
 LABEL_NODE = "evalkit.ray_node"
 """Container label: the Ray node whose actor made it."""
 _BUILD_LOGS_MAX_BYTES = 64 * 1024 * 1024
 _CONNECT_TIMEOUT_SEC = 120.0
 """How long a node's actor may take to start and reach its Docker engine."""
+REJOIN_POLL_SEC = 1.0
+"""After a node is lost: how often the cluster is asked for selected nodes that came alive."""
 
 
 # ----------------------------------------------------------------------------------------- on each node
@@ -72,33 +82,40 @@ class NodeAgent:
     returns `(ok, value, files)`: exceptions travel as values (`_portable`) so the driver re-raises the very
     error a local run would, with its message, instead of Ray's wrapper; `files` is a tar for the driver."""
 
-    def __init__(self, config: EnvironmentConfig, job: JobIdentity) -> None:
+    def __init__(self, config: EnvironmentConfig, job: JobIdentity, run_id: str) -> None:
         self.config = config.model_copy(update={"backend": "docker"})
         self.job = job
-        self.backend: EnvironmentBackend | None = None
+        self.run_id = run_id
+        """This run of the job (one per `RayBackend`): scratch directories of other runs are leftovers."""
+        self.backend: DockerBackend | None = None
         self.environments: dict[str, Environment] = {}
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"evalkit-ray-{job.job_id[:8]}-"))
-        """Node-local files on their way to the driver (build logs, downloads); removed as they leave."""
+        node_id = ray.get_runtime_context().get_node_id()
+        self.scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(job.job_id, run_id, node_id)))
+        """Node-local files on their way to the driver (build logs, downloads); removed as they leave, and
+        whole at close; named by job, run and node, so a later actor on the same disk knows whose it is."""
         self.gateway = NodeGateway(self.scratch)
         """The node's model route, for agents in containers (started by the driver's first try here)."""
 
     async def connect(self) -> tuple[bool, Any, None]:
-        """Connect this node's Docker backend (an InfrastructureError if its engine does not answer); returns
-        the network it gives tasks that need the internet."""
+        """Remove what earlier runs of this job left in this disk's temp directory (their actors died with
+        their driver), connect this node's Docker backend (an InfrastructureError if its engine does not
+        answer); returns the network it gives tasks that need the internet."""
 
         async def run() -> NetworkMode | None:
-            self.backend = await connect_backend(self.config, self.job)
+            await asyncio.to_thread(_remove_scratch, _scratch_prefix(self.job.job_id), spare=_scratch_prefix(self.job.job_id, self.run_id))
+            self.backend = await DockerBackend.connect(self.config, self.job)
             return self.backend.internet_network
 
         return await _outcome(run())
 
     async def prepare(self, task: Task, timeout_sec: float | None, log_name: str | None) -> tuple[bool, Any, bytes | None]:
+        """The task's images made here and held; returns this node's image work so far."""
         assert self.backend is not None
         logs = self.scratch / f"prepare-{uuid.uuid4().hex}"
         await asyncio.to_thread(logs.mkdir, parents=True)
         log_path = logs / log_name if log_name is not None else None
         ok, value, _ = await _outcome(self.backend.prepare(task, timeout_sec=timeout_sec, log_path=log_path))
-        return ok, value, await asyncio.to_thread(_tar_and_remove, logs)
+        return ok, self.backend.image_summary if ok else value, await asyncio.to_thread(_tar_and_remove, logs)
 
     async def release(self, task: Task) -> tuple[bool, Any, None]:
         assert self.backend is not None
@@ -107,6 +124,23 @@ class NodeAgent:
     async def sweep(self, stopped_only: bool = False) -> tuple[bool, Any, None]:
         assert self.backend is not None
         return await _outcome(self.backend.sweep(stopped_only=stopped_only))
+
+    async def forget(self, lost_node_ids: list[str]) -> tuple[bool, Any, None]:
+        """What lost nodes of this run left where this node reaches: their containers of the job on this
+        engine (unless the job keeps containers) and their scratch directories on this disk. Returns how
+        many containers were removed."""
+        backend = self.backend
+        assert backend is not None
+
+        async def run() -> int:
+            removed = 0
+            for node_id in lost_node_ids:
+                if not self.config.keep_containers:
+                    removed += await backend.sweep(labels={LABEL_NODE: node_id})
+                await asyncio.to_thread(_remove_scratch, _scratch_prefix(self.job.job_id, self.run_id, node_id))
+            return removed
+
+        return await _outcome(run())
 
     async def close(self) -> tuple[bool, Any, None]:
         """Close the Docker backend; returns what it did with images."""
@@ -177,9 +211,11 @@ class NodeAgent:
         return ok, value, files
 
     async def stop(self, env_id: str) -> tuple[bool, Any, None]:
+        """Remove the environment; returns this node's image work so far (a start may have made images)."""
         env = self.environments.pop(env_id, None)
         try:
-            return await _outcome(env.stop()) if env is not None else (True, None, None)
+            ok, value, _ = await _outcome(env.stop()) if env is not None else (True, None, None)
+            return ok, self.backend.image_summary if ok and self.backend is not None else value, None
         finally:
             await asyncio.to_thread(shutil.rmtree, self.scratch / env_id, True)
 
@@ -240,6 +276,20 @@ def _tar_and_remove(directory: Path) -> bytes | None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _scratch_prefix(job_id: str, run_id: str | None = None, node_id: str | None = None) -> str:
+    """The name a scratch directory starts with: of the job, of one of its runs, of one node in that run."""
+    parts = [job_id, run_id, node_id[:12] if node_id else None]
+    return "evalkit-ray-" + "".join(f"{part}-" for part in parts if part is not None)
+
+
+def _remove_scratch(prefix: str, *, spare: str | None = None) -> None:
+    """Remove this disk's scratch directories whose names start with `prefix` (but not with `spare`)."""
+    root = Path(tempfile.gettempdir())
+    for path in root.glob(f"{prefix}*"):
+        if (spare is None or not path.name.startswith(spare)) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _untar(data: bytes, target: Path) -> None:
     target.mkdir(parents=True)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -249,7 +299,7 @@ def _untar(data: bytes, target: Path) -> None:
 # ----------------------------------------------------------------------------------------- on the driver
 
 
-@dataclass
+@dataclass(eq=False)
 class Node:
     """One selected node as the driver sees it."""
 
@@ -259,6 +309,12 @@ class Node:
     in_flight: int = 0
     tries: int = 0
     lost: bool = False
+    images: ImageSummary = field(default_factory=ImageSummary)
+    """The node's image work, as it last reported it."""
+    image_keys: set[str] = field(default_factory=set)
+    """Images made, or being made, there for this job (`_image_key`): tries of those tasks prefer this node."""
+    held: int = 0
+    """Prepares here whose `release` has not come yet: a task whose images no node has goes to the least held."""
 
     @property
     def label(self) -> str:
@@ -266,11 +322,14 @@ class Node:
 
 
 class RayBackend:
-    """One job's nodes: an actor per selected node, placement by free capacity, and the node statistics for
-    `results.json`. Create with `await RayBackend.connect(...)`."""
+    """One job's nodes: an actor per selected node, placement by image locality and free capacity, nodes
+    that come alive after a loss joining, and the node statistics for `results.json`. Create with
+    `await RayBackend.connect(...)`."""
 
-    def __init__(self, config: EnvironmentConfig, nodes: list[Node], *, owns_connection: bool, driver_address: str) -> None:
+    def __init__(self, config: EnvironmentConfig, job: JobIdentity, nodes: list[Node], *, owns_connection: bool,
+                 driver_address: str, run_id: str) -> None:
         self.config = config
+        self.job = job
         self.nodes = nodes
         self.driver_address = driver_address
         """The address of the node this driver runs on (what reaches the driver's loopback)."""
@@ -278,30 +337,40 @@ class RayBackend:
         """Model routes opened on a node, by mount source: the try's container goes to that node."""
         self.owns_connection = owns_connection
         """Whether evalkit called `ray.init` (and so calls `ray.shutdown`); never for the caller's connection."""
+        self.run_id = run_id
+        """This run of the job: names the actors' scratch directories."""
         self._changed = asyncio.Event()
-        """Set when a node frees a slot or is lost: placements waiting for capacity look again."""
+        """Set when a node frees a slot, is lost or joins: placements waiting for capacity look again."""
         self.health = BackendHealth()
         """Round trips of the calls to the nodes' actors (what `n_concurrent: auto` steers by)."""
         self.image_summary = ImageSummary()
-        """The nodes' image work, summed when the job's nodes close."""
+        """The nodes' image work, summed as they report it."""
         self.internet_network: NetworkMode | None = None
         """The nodes' network for tasks that need the internet, when every node offers the same one."""
         self.outages = 0
         """A node that dies is lost for the job (its tries fail with RayNodeError), never an outage to wait out."""
+        self._holders: dict[str, list[Node]] = {}
+        """Per task image key: the node of each `prepare` not yet released (released there)."""
+        self._joining: asyncio.Task[None] | None = None
+        """From the first loss until close: looks for selected nodes that came alive."""
+        self._refused: set[str] = set()
+        """Nodes that came alive but could not join (their engine did not answer): not tried again."""
+        self._failed: dict[str, EnvironmentBuildError] = {}
+        """Per image key: the task's own build failure on the node that prepared it. Its tries fail with it at
+        once, wherever they would have gone (as a local run's image store does), instead of building again."""
 
     @classmethod
     async def connect(cls, config: EnvironmentConfig, job: JobIdentity) -> RayBackend:
         owns = await asyncio.to_thread(_ensure_connection, config.ray)
+        run_id = uuid.uuid4().hex[:8]
         nodes: list[Node] = []
         try:
             driver_address = await asyncio.to_thread(_driver_address)
             for info in await asyncio.to_thread(_select_nodes, config.ray):
-                pinned = NodeAffinitySchedulingStrategy(info["NodeID"], soft=False)
-                actor = _ACTOR.options(num_cpus=0, max_restarts=0, scheduling_strategy=pinned).remote(config, job)
-                nodes.append(Node(info["NodeID"], info["NodeManagerAddress"], actor))
-            backend = cls(config, nodes, owns_connection=owns, driver_address=driver_address)
-            networks = await backend._all("connect", "starting evalkit on node {} and reaching its Docker engine",
-                                          timeout=_CONNECT_TIMEOUT_SEC)
+                nodes.append(_start_node(info, config, job, run_id))
+            backend = cls(config, job, nodes, owns_connection=owns, driver_address=driver_address, run_id=run_id)
+            networks = [network for _, network in await backend._all(
+                "connect", "starting evalkit on node {} and reaching its Docker engine", timeout=_CONNECT_TIMEOUT_SEC)]
             backend.internet_network = networks[0] if len(set(networks)) == 1 else None
             return backend
         except BaseException:
@@ -341,25 +410,46 @@ class RayBackend:
         return reservation.node
 
     async def prepare(self, task: Task, *, timeout_sec: float | None, log_path: Path | None) -> None:
-        """The task's images on every live node (a try may be placed on any), held there until `release`;
-        the first node's build log comes back to `log_path`. Raises the first node's typed error."""
+        """The task's images on the node its tries will most likely go to (`place`): one that has them or is
+        making them, else the live node holding the fewest; held there until `release`. The node's build log
+        comes back to `log_path`. Raises the node's typed error."""
         live = [n for n in self.nodes if not n.lost]
-        outcomes = await asyncio.gather(*(_ask(n.actor.prepare.remote(task, timeout_sec, log_path and log_path.name)) for n in live))
-        error: Exception | None = None
-        for node, outcome in zip(live, outcomes):
-            if outcome is None:
-                self.lose(node)
-                continue
-            ok, value, logs = outcome
-            if logs is not None and log_path is not None:
-                await _unpack(logs, log_path.parent, max_bytes=_BUILD_LOGS_MAX_BYTES, max_files=100)
-            if not ok and error is None:
-                error = _rebuilt(value)
-        if error is not None:
+        if not live:
+            return  # the try meets RayNodeError when it is placed
+        key = _image_key(task)
+        node = min(live, key=lambda n: (key not in n.image_keys, n.held))
+        node.held += 1
+        self._holders.setdefault(key, []).append(node)
+        node.image_keys.update(_image_key(view) for _, view in await asyncio.to_thread(image_views, task))
+        outcome = await _ask(node.actor.prepare.remote(task, timeout_sec, log_path and log_path.name))
+        if outcome is None:
+            self.lose(node)  # its tries are placed elsewhere and make the images there
+            return
+        ok, value, logs = outcome
+        if logs is not None and log_path is not None:
+            await _unpack(logs, log_path.parent, max_bytes=_BUILD_LOGS_MAX_BYTES, max_files=100)
+        if not ok:
+            error = _rebuilt(value)
+            if isinstance(error, EnvironmentBuildError):
+                self._failed[key] = error
             raise error
+        self.report_images(node, value)
 
     async def release(self, task: Task) -> None:
-        await asyncio.gather(*(_ask(n.actor.release.remote(task)) for n in self.nodes if not n.lost))
+        """Release one `prepare` of the task, on the node it was made on."""
+        holders = self._holders.get(_image_key(task))
+        if not holders:
+            return
+        node = holders.pop()
+        node.held -= 1
+        if not node.lost:
+            await _ask(node.actor.release.remote(task))
+
+    def report_images(self, node: Node, images: ImageSummary) -> None:
+        """A node's image work as it reports it; the job's summary is their sum."""
+        node.images = images
+        for name in ImageSummary.model_fields:
+            setattr(self.image_summary, name, sum(getattr(n.images, name) for n in self.nodes))
 
     @property
     def up(self) -> bool:
@@ -373,17 +463,24 @@ class RayBackend:
         return self.up
 
     async def sweep(self, *, stopped_only: bool = False) -> int:
-        return sum(await self._all("sweep", "removing the job's leftovers on node {}", stopped_only))
+        return sum(n for _, n in await self._all("sweep", "removing the job's leftovers on node {}", stopped_only))
 
     async def close(self) -> None:
-        """Have a surviving node remove what lost nodes left on a shared engine, close every node's Docker
-        connection, stop the actors; shut Ray down only if evalkit connected it."""
+        """Stop looking for nodes, have the surviving nodes remove what lost nodes left on an engine or disk
+        they share, close every node's Docker connection (each actor removes its scratch directory), stop
+        the actors; shut Ray down only if evalkit connected it."""
         try:
-            if any(n.lost for n in self.nodes) and not self.config.keep_containers:
-                await self._all("sweep", "removing what lost nodes left, from node {}", strict=False)
-            for images in await self._all("close", "closing node {}", strict=False):
-                for name, value in (images or ImageSummary()).model_dump().items():
-                    setattr(self.image_summary, name, getattr(self.image_summary, name) + value)
+            if self._joining is not None:
+                self._joining.cancel()
+                await uncancellable(asyncio.wait([self._joining]))
+            lost = [n.node_id for n in self.nodes if n.lost]
+            if lost:
+                await self._all("forget", "removing what lost nodes left, from node {}", lost, strict=False)
+                if not self.config.keep_containers:
+                    await self._all("sweep", "removing what lost nodes left, from node {}", strict=False)
+            for node, images in await self._all("close", "closing node {}", strict=False):
+                if images is not None:
+                    self.report_images(node, images)
         finally:
             for node in self.nodes:
                 ray.kill(node.actor)
@@ -391,8 +488,9 @@ class RayBackend:
                 await uncancellable(asyncio.to_thread(ray.shutdown))
 
     def node_stats(self) -> dict[str, NodeStats]:
-        """Per node: environments in flight, tries placed, whether it was lost (for `results.json`)."""
-        return {n.label: NodeStats(address=n.address, in_flight=n.in_flight, tries=n.tries, lost=n.lost) for n in self.nodes}
+        """Per node: environments in flight, tries placed, whether it was lost, its images (for `results.json`)."""
+        return {n.label: NodeStats(address=n.address, in_flight=n.in_flight, tries=n.tries, lost=n.lost, images=n.images)
+                for n in self.nodes}
 
     async def call(self, node: Node, method: str, doing: str, *args: Any) -> Any:
         """One call to a node's actor; its value, or the error the node raised (rebuilt here)."""
@@ -421,9 +519,10 @@ class RayBackend:
         self.health.record(time.monotonic() - started)
         return outcome
 
-    async def _all(self, method: str, doing: str, *args: Any, strict: bool = True, timeout: float | None = None) -> list[Any]:
-        """Call `method` on every live node's actor at once. `strict`: the first failure is raised as an
-        InfrastructureError naming the node; otherwise failed nodes are skipped."""
+    async def _all(self, method: str, doing: str, *args: Any, strict: bool = True,
+                   timeout: float | None = None) -> list[tuple[Node, Any]]:
+        """Call `method` on every live node's actor at once; (node, value) of those that answered. `strict`:
+        the first failure is raised as an InfrastructureError naming the node; otherwise failed nodes are skipped."""
         live = [n for n in self.nodes if not n.lost]
         refs = [getattr(n.actor, method).remote(*args) for n in live]
         values = []
@@ -436,26 +535,36 @@ class RayBackend:
             else:
                 value = value if ok else _rebuilt(value)
             if ok:
-                values.append(value)
+                values.append((node, value))
             elif strict:
                 raise InfrastructureError(f"Ray backend: {doing.format(node.label)} ({node.address}) failed: {value}")
         return values
 
-    async def place(self) -> Node:
-        """The live node with the most free slots (fewest tries placed, on a tie); waits while all are full."""
+    async def place(self, task: Task | None) -> Node:
+        """A live node with a free slot: one that has the task's images first, then the most free slots
+        (fewest tries placed, on a tie); waits while all are full. A node without the images makes them
+        when the try starts there (and then has them). `task` None (a model route placed ahead of its
+        environment when the task is unknown): capacity only."""
         limit = self.config.ray.max_trials_per_node
+        key = _image_key(task) if task is not None else None
         while True:
             live = [n for n in self.nodes if not n.lost]
             if not live:
                 raise RayNodeError("every Ray node of this job was lost")
             free = [n for n in live if n.in_flight < limit]
             if free:
-                node = min(free, key=lambda n: (n.in_flight, n.tries))
+                node = min(free, key=lambda n: (key not in n.image_keys, n.in_flight, n.tries))
                 node.in_flight += 1
                 node.tries += 1
+                if key is not None:
+                    node.image_keys.add(key)
                 return node
             self._changed.clear()
             await self._changed.wait()
+
+    def build_failure(self, task: Task) -> EnvironmentBuildError | None:
+        """The task's own build failure where it was prepared: its tries fail with it at once."""
+        return self._failed.get(_image_key(task))
 
     def free(self, node: Node) -> None:
         """A slot of `node` is free again."""
@@ -463,8 +572,60 @@ class RayBackend:
         self._changed.set()
 
     def lose(self, node: Node) -> None:
+        """The node is gone for this run; from now on, nodes that come alive are looked for."""
         node.lost = True
         self._changed.set()
+        if self._joining is None:
+            self._joining = asyncio.ensure_future(self._join_nodes())
+
+    async def _join_nodes(self) -> None:
+        """Every REJOIN_POLL_SEC: each selected node that is alive and new to the job joins it."""
+        while True:
+            await asyncio.sleep(REJOIN_POLL_SEC)
+            try:
+                alive = await asyncio.to_thread(_selected_nodes, self.config.ray)
+            except (RayError, ConnectionError, RuntimeError) as exc:
+                log.warning("Ray backend: cannot list the cluster's nodes: %s", exc)
+                continue
+            known = {n.node_id for n in self.nodes} | self._refused
+            for info in alive:
+                if info["NodeID"] not in known:
+                    await self._join(info)
+
+    async def _join(self, info: dict[str, Any]) -> None:
+        """Start an actor on a node that came alive; it removes what the lost nodes left where it reaches,
+        then the node takes tries. A node whose engine does not answer, or offers another network, is refused."""
+        node = _start_node(info, self.config, self.job, self.run_id)
+        lost = [n.node_id for n in self.nodes if n.lost]
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT_SEC):
+                network = _value(*await node.actor.connect.remote())
+                removed = _value(*await node.actor.forget.remote(lost))
+            if self.internet_network not in (None, network):
+                raise InfrastructureError(f"it offers network {network!r} to tasks that need the internet, the job's other nodes {self.internet_network!r}")
+        except Exception as exc:
+            ray.kill(node.actor)
+            self._refused.add(node.node_id)
+            log.warning("Ray node %s (%s) came alive but cannot join the job: %s: %s", node.label, node.address, type(exc).__name__, exc)
+            return
+        except BaseException:
+            ray.kill(node.actor)
+            raise
+        self.nodes.append(node)
+        self._changed.set()
+        log.info("Ray node %s (%s) joined the job; it removed %d container(s) that lost nodes left", node.label, node.address, removed)
+
+
+def _start_node(info: dict[str, Any], config: EnvironmentConfig, job: JobIdentity, run_id: str) -> Node:
+    """A NodeAgent pinned to the node (dies with it: no restarts), not yet connected."""
+    pinned = NodeAffinitySchedulingStrategy(info["NodeID"], soft=False)
+    actor = _ACTOR.options(num_cpus=0, max_restarts=0, scheduling_strategy=pinned).remote(config, job, run_id)
+    return Node(info["NodeID"], info["NodeManagerAddress"], actor)
+
+
+def _image_key(task: Task) -> str:
+    """What a task's image is made from (as the node's image store keys it): tasks that share it share the image."""
+    return task.config.environment.docker_image or str(task.environment_dir)
 
 
 @dataclass
@@ -494,12 +655,17 @@ def _ensure_connection(config: RayConfig) -> bool:
     return True
 
 
+def _selected_nodes(config: RayConfig) -> list[dict[str, Any]]:
+    """The live nodes that offer `environment.ray.resources`."""
+    return [n for n in ray.nodes() if n.get("Alive") and all(n["Resources"].get(k, 0) >= v for k, v in config.resources.items())]
+
+
 def _select_nodes(config: RayConfig) -> list[dict[str, Any]]:
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    selected = [n for n in alive if all(n["Resources"].get(k, 0) >= v for k, v in config.resources.items())]
+    selected = _selected_nodes(config)
     if not selected:
         wanted = ", ".join(f"{k}>={v:g}" for k, v in config.resources.items())
-        raise ConfigError(f"environment.ray.resources: no live Ray node offers {wanted} ({len(alive)} node(s) alive)")
+        alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+        raise ConfigError(f"environment.ray.resources: no live Ray node offers {wanted} ({alive} node(s) alive)")
     return selected
 
 
@@ -519,7 +685,9 @@ class RayEnvironment:
         return self.spec.network_mode
 
     async def start(self) -> ResourceEnvelope:
-        self.node = self.backend.take(self.spec.mounts) or await self.backend.place()
+        if (failed := self.backend.build_failure(self.task)) is not None:
+            raise failed
+        self.node = self.backend.take(self.spec.mounts) or await self.backend.place(self.task)
         spec = replace(self.spec, labels={**self.spec.labels, LABEL_NODE: self.node.node_id})
         ok, value, logs = await self._raw("start", "starting the environment", self.task, spec)
         if logs is not None and self.spec.build_log is not None:
@@ -575,7 +743,7 @@ class RayEnvironment:
             return
         try:
             if not node.lost:
-                await self._call_on(node, "stop", "removing the environment")
+                self.backend.report_images(node, await self._call_on(node, "stop", "removing the environment"))
         finally:
             self.backend.free(node)
 

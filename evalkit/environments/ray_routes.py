@@ -198,7 +198,7 @@ class NodeRoutes:
         trial = trial_of(trial_id)
         node: Node | None = None
         try:
-            node = await self.backend.place()
+            node = await self.backend.place(self.tasks.get(trial))  # where the try's images are
             access: TrialAccess = await self._open_on(node, trial_id, trial)
         except BaseException:
             if node is not None:
