@@ -1,11 +1,16 @@
 """A real two-node Ray cluster on this machine (two raylets, one per node, sharing its Docker engine),
-started once for the package's tests and stopped by them: every process it started is gone afterwards."""
+started once for the package's tests and stopped by them: every process it started is gone afterwards, and so
+is every scratch directory evalkit's actors made (their nodes' temp directory is the cluster's own)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import socket
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +29,10 @@ _SYSTEM_CONFIG = {"health_check_period_ms": 500, "health_check_failure_threshold
 class RayTestCluster:
     cluster: Cluster
     node_b: object
+    scratch: Path
+    """The nodes' temp directory (`TMPDIR` of their raylets and workers): where actors keep scratch files."""
+    client_port: int
+    """The head's Ray Client server (`ray://127.0.0.1:<port>`)."""
     started: set[int] = field(default_factory=set)
     """Every process the cluster ran at some point (descendants of this test process), checked at the end."""
 
@@ -40,23 +49,73 @@ class RayTestCluster:
     def replace_node_b(self) -> None:
         """After a test killed node B: a fresh node B (other tests expect two nodes)."""
         self.cluster.remove_node(self.node_b, allow_graceful=False)
-        self.node_b = self.cluster.add_node(num_cpus=1, resources={"docker": 1, NODE_B: 1}, object_store_memory=_OBJECT_STORE)
+        self.node_b = self.cluster.add_node(**_node_b_args(self.scratch))
         self.cluster.wait_for_nodes()
         self.snapshot()
+
+    def node_agents(self) -> list[int]:
+        """The processes hosting an evalkit NodeAgent actor on this cluster now."""
+        return [pid for pid in _descendants(os.getpid()) if _cmdline(pid).startswith(b"ray::NodeAgent") and _alive(pid)]
+
+    def scratch_dirs(self) -> list[str]:
+        return sorted(p.name for p in self.scratch.glob("evalkit-ray-*"))
+
+
+def _node_b_args(scratch: Path) -> dict:
+    return {"num_cpus": 1, "resources": {"docker": 1, NODE_B: 1}, "object_store_memory": _OBJECT_STORE,
+            "env_vars": {"TMPDIR": str(scratch)}}
+
+
+class Gate:
+    """A port on 127.0.0.1 that refuses connections until the test opens it: a task whose solve waits on it
+    (`solve`, host network) keeps its try running until then, so a test acts mid-try without timing guesses."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))  # bound, not listening: a connection is refused
+        self.port = self.sock.getsockname()[1]
+
+    @property
+    def solve(self) -> str:
+        return (f"until (exec 3<>/dev/tcp/127.0.0.1/{self.port}) 2>/dev/null; do sleep 0.2; done; "
+                "echo done > /tmp/out.txt")
+
+    def open(self) -> None:
+        self.sock.listen(128)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout_sec: float = 300) -> None:
+    """Wait for an async condition; the bound is generous (a loaded machine is slow, not wrong)."""
+    deadline = time.monotonic() + timeout_sec
+    while not await condition():
+        assert time.monotonic() < deadline, f"not reached in {timeout_sec:g} s: {what}"
+        await asyncio.sleep(0.3)
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    opened = Gate()
+    try:
+        yield opened
+    finally:
+        opened.sock.close()
 
 
 @pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[RayTestCluster]:
     previous = os.environ.get("RAY_USAGE_STATS_ENABLED")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # Ray would otherwise report to a public address
+    scratch = Path(tempfile.mkdtemp(prefix="evalkit-raytests-"))
+    client_port = _free_port()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {"docker": 1, NODE_A: 1}, "include_dashboard": False,
-        "object_store_memory": _OBJECT_STORE, "_system_config": _SYSTEM_CONFIG,
+        "object_store_memory": _OBJECT_STORE, "_system_config": _SYSTEM_CONFIG, "env_vars": {"TMPDIR": str(scratch)},
+        "ray_client_server_port": client_port,
     })
-    node_b = cluster.add_node(num_cpus=1, resources={"docker": 1, NODE_B: 1}, object_store_memory=_OBJECT_STORE)
+    node_b = cluster.add_node(**_node_b_args(scratch))
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    test_cluster = RayTestCluster(cluster, node_b)
+    test_cluster = RayTestCluster(cluster, node_b, scratch, client_port)
     test_cluster.snapshot()
     try:
         yield test_cluster
@@ -69,7 +128,16 @@ def ray_cluster() -> Iterator[RayTestCluster]:
         else:
             os.environ["RAY_USAGE_STATS_ENABLED"] = previous
         left = _wait_gone(test_cluster.started, timeout_sec=60)
+        scratch_left = test_cluster.scratch_dirs()
+        shutil.rmtree(scratch, ignore_errors=True)
         assert left == [], f"Ray processes left running: {left}"
+        assert scratch_left == [], f"evalkit scratch directories left on the nodes: {scratch_left}"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _descendants(pid: int) -> set[int]:

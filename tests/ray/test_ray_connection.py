@@ -1,5 +1,5 @@
 """Whose Ray connection a job uses: the caller's (left open), or one evalkit opens from `environment.ray.address`
-(and shuts down); config mistakes name the field and leave nothing behind."""
+(and shuts down), a Ray Client `ray://` address included; config mistakes name the field and leave nothing behind."""
 
 from __future__ import annotations
 
@@ -81,3 +81,27 @@ async def test_the_cli_runs_on_the_cluster_and_shows_the_nodes(ray_cluster: RayT
         assert f"node {node}" in run.stderr and stats["in_flight"] == 0
     assert sum(stats["tries"] for stats in nodes.values()) == 2
     assert await job_containers(name) == []
+
+
+async def test_a_ray_client_address_runs_the_job_like_a_local_run(ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path):
+    """`ray://`: the driver talks to the cluster through the head's Ray Client server (gRPC), actor calls
+    awaited as in a driver on the cluster; the CLI process has no other Ray connection."""
+    tasks = [write_task(tmp_path / "tasks", "hello"), write_task(tmp_path / "tasks", "fails", solve="true")]
+    runs = {}
+    for backend, ray_config in (("docker", {}), ("ray", {"address": f"ray://127.0.0.1:{ray_cluster.client_port}", "resources": {"docker": 1}})):
+        name = f"ray-client-{backend}-{uuid.uuid4().hex[:6]}"
+        config = {"job_name": name, "jobs_dir": str(jobs_dir), "dataset": {"tasks": [{"path": str(t)} for t in tasks]},
+                  "environment": {"backend": backend, "network_mode": "host", "ray": ray_config},
+                  "after_run": {"analyze": False, "archive": False}}
+        ray_cluster.snapshot()
+        run = await asyncio.to_thread(run_cli, "run", str(write_config(tmp_path / f"{backend}.yaml", config)), "--quiet")
+        ray_cluster.snapshot()
+        assert run.returncode in (0, 1), run.stderr[-2000:]
+        runs[backend] = {**read_json(jobs_dir / name / "results.json"), "exit": run.returncode}
+        assert await job_containers(name) == []
+    local, remote = runs["docker"], runs["ray"]
+    assert (remote["status"], remote["exit"]) == (local["status"], local["exit"]) and local["status"] == "finished"
+    assert {k: (v["mean_reward"], v["errors"]) for k, v in remote["tasks"].items()} == \
+        {k: (v["mean_reward"], v["errors"]) for k, v in local["tasks"].items()}
+    assert (remote["n_trials"], remote["n_finished"]) == (local["n_trials"], local["n_finished"]) == (2, 2)
+    assert sum(n["tries"] for n in remote["nodes"].values()) == 2 and not any(n["lost"] for n in remote["nodes"].values())

@@ -29,6 +29,8 @@ async def test_files_and_errors_through_a_node(ray_cluster: RayTestCluster, tmp_
     env = backend.environment(task, spec(build_log=tmp_path / "job" / "t__0" / "environment" / "build.log"))
     try:
         await env.start()
+        node_b = ray_cluster.node_ids()[NODE_B][:12]
+        assert [d for d in ray_cluster.scratch_dirs() if d.startswith(f"evalkit-ray-{job.job_id}-") and f"-{node_b}-" in d]
         await env.exec(
             "mkdir -p /logs/agent/sub && echo ok > /logs/agent/sub/kept.txt && ln -s /etc/passwd /logs/agent/link && "
             "mkfifo /logs/agent/fifo && echo forged > /logs/agent/verdict.json && head -c 2048 /dev/zero > /tmp/big"
@@ -63,4 +65,4 @@ async def test_files_and_errors_through_a_node(ray_cluster: RayTestCluster, tmp_
         await env.stop()
         await backend.close()
     assert await job_containers(job.job_name) == []
-    assert not [p for p in Path("/tmp").glob(f"evalkit-ray-{job.job_id[:8]}-*")]  # the node's scratch is gone
+    assert [d for d in ray_cluster.scratch_dirs() if job.job_id in d] == []  # the node's scratch is gone

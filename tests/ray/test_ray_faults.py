@@ -1,9 +1,11 @@
 """A node of the cluster dies mid-job (its actor and its raylet killed by PID): its running trials are
-infrastructure errors retried on the surviving node, every trial is counted once, nothing is left running."""
+infrastructure errors retried on the surviving node, every trial is counted once, nothing is left running; a
+node that comes alive while the job runs removes what the lost one left and takes tries."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
@@ -15,16 +17,18 @@ import pytest
 from evalkit import evaluate
 from evalkit.environments.ray_cluster import LABEL_NODE
 from tests.conftest import job_containers, read_json, write_task
-from tests.ray.conftest import NODE_B, RayTestCluster, _cmdline, _descendants
+from tests.ray.conftest import NODE_B, Gate, RayTestCluster, _cmdline, _descendants, until
 
 pytestmark = pytest.mark.docker
 N_TASKS = 6
+LONG_AGENT = "[agent]\ntimeout_sec = 900\n[verifier]\ntimeout_sec = 60\n"
+"""Gated tries wait as long as the test needs (a loaded machine included)."""
 
 
-async def _running_on(job_name: str, node_id: str) -> list[str]:
-    """The tries whose agent container runs on that node now."""
+async def _running_on(job_name: str, node_id: str, *, stopped_too: bool = False) -> list[str]:
+    """The tries whose agent container runs on that node now (or exists at all, with `stopped_too`)."""
     async with aiodocker.Docker() as docker:
-        containers = await docker.containers.list(filters={"label": [f"evalkit.job={job_name}", f"{LABEL_NODE}={node_id}"]})
+        containers = await docker.containers.list(all=stopped_too, filters={"label": [f"evalkit.job={job_name}", f"{LABEL_NODE}={node_id}"]})
         return [c._container["Labels"]["evalkit.try"] for c in containers]
 
 
@@ -71,4 +75,63 @@ async def test_a_node_killed_mid_job_loses_no_trial(ray_cluster: RayTestCluster,
     assert nodes[node_b[:12]]["lost"] is True
     assert [n["lost"] for k, n in nodes.items() if k != node_b[:12]] == [False]
     assert summary.n_tries == N_TASKS + sum(1 for t in result.trials for _ in range(t.try_index))
+    assert await job_containers(name) == []
+
+
+async def test_a_node_that_comes_alive_removes_what_the_lost_one_left_and_takes_tries(
+        ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path, gate: Gate):
+    tasks = [write_task(tmp_path / "tasks", f"gated-{i}", solve=gate.solve, task_toml=LONG_AGENT) for i in range(4)]
+    name = f"ray-rejoin-{uuid.uuid4().hex[:6]}"
+    old_b = ray_cluster.node_ids()[NODE_B]
+    config = {"job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4,
+              "dataset": {"tasks": [{"path": str(t)} for t in tasks]},
+              "retry": {"max_retries": 2, "backoff_sec": 0.1},
+              "environment": {"backend": "ray", "network_mode": "host", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 2}}}
+    job = asyncio.ensure_future(evaluate(config))
+    replaced = False
+    try:
+        async def all_waiting() -> bool:  # every try runs, held at the gate: two on each node
+            assert not job.done(), "the job ended before its tries were all running"
+            return len(await _running_on(name, old_b)) == 2 and len(await job_containers(name)) == 4
+        await until(all_waiting, "four tries held at the gate")
+        victims = await _running_on(name, old_b)
+        ray_cluster.snapshot()
+        raylet = ray_cluster.raylet_pid(ray_cluster.node_b)
+        os.kill(_node_agent_pid(raylet), signal.SIGKILL)
+        os.kill(raylet, signal.SIGKILL)
+        ray_cluster.replace_node_b()  # a fresh node B on the same engine and disk (Ray starts nodes from the main thread)
+        replaced = True
+        new_b = ray_cluster.node_ids()[NODE_B]
+
+        async def leftovers_gone() -> bool:
+            return await _running_on(name, old_b, stopped_too=True) == []
+
+        async def retries_on_new_b() -> bool:
+            return len(await _running_on(name, new_b)) == 2
+
+        await until(leftovers_gone, "the lost node's containers removed")
+        await until(retries_on_new_b, "the victims' retries running on the new node")
+        assert [d for d in ray_cluster.scratch_dirs() if f"-{old_b[:12]}-" in d] == []  # the lost actor's scratch
+        assert not job.done()
+        gate.open()
+        result = await asyncio.wait_for(job, timeout=600)
+    finally:
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(BaseException):
+                await job
+        if not replaced:
+            ray_cluster.replace_node_b()
+
+    summary = result.summary
+    assert summary.status == "finished" and summary.n_trials == summary.n_finished == 4 and summary.n_errored == 0
+    assert all(t.rewards == {"reward": 1.0} for t in result.trials)
+    for victim in victims:
+        first = read_json(jobs_dir / name / victim / "result.json")
+        assert (first["error"]["type"], first["will_retry"]) == ("RayNodeError", True)
+        assert read_json(jobs_dir / name / f"{victim}-try1" / "result.json")["rewards"] == {"reward": 1.0}
+    nodes = read_json(jobs_dir / name / "results.json")["nodes"]
+    assert (nodes[old_b[:12]]["lost"], nodes[old_b[:12]]["tries"]) == (True, 2)
+    assert (nodes[new_b[:12]]["lost"], nodes[new_b[:12]]["tries"]) == (False, 2)
+    assert summary.n_tries == 6
     assert await job_containers(name) == []
