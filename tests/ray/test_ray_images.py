@@ -25,7 +25,8 @@ async def test_placement_prefers_the_node_with_the_images_then_the_most_free_slo
             for name in ("x", "y"))
     a, b = Node("a" * 32, "node-a", None), Node("b" * 32, "node-b", None)
     config = EnvironmentConfig(backend="ray", ray={"max_trials_per_node": 2})
-    backend = RayBackend(config, JobIdentity(job_id="j", job_name="j", job_dir=tmp_path), [a, b], owns_connection=False, run_id="r")
+    backend = RayBackend(config, JobIdentity(job_id="j", job_name="j", job_dir=tmp_path), [a, b], owns_connection=False,
+                         driver_address="node-a", run_id="r")
     a.image_keys.add(str(x.environment_dir))
 
     assert [(await backend.place(x)).node_id[0] for _ in range(3)] == ["a", "a", "b"]  # a is full: b makes x's image
