@@ -36,11 +36,17 @@ from evalkit import evaluate  # noqa: E402
 from evalkit.environments import ray_cluster  # noqa: E402
 
 OBJECT_STORE = 80 * 1024 * 1024
-PATHS = {
-    "local": {"backend": "docker", "network_mode": "host"},
-    "ray_1_node": {"backend": "ray", "network_mode": "host", "ray": {"resources": {"bench_node_a": 1}, "max_trials_per_node": 8}},
-    "ray_2_nodes": {"backend": "ray", "network_mode": "host", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 8}},
-}
+
+
+def paths(concurrency: int) -> dict[str, dict]:
+    """The three paths. Two nodes get half the slots each: images follow the tries, so with room to spare
+    one node would take every try of a one-image dataset and the second would idle."""
+    per_node = max(1, (concurrency + 1) // 2)
+    return {
+        "local": {"backend": "docker", "network_mode": "host"},
+        "ray_1_node": {"backend": "ray", "network_mode": "host", "ray": {"resources": {"bench_node_a": 1}, "max_trials_per_node": concurrency}},
+        "ray_2_nodes": {"backend": "ray", "network_mode": "host", "ray": {"resources": {"docker": 1}, "max_trials_per_node": per_node}},
+    }
 
 
 async def run_path(tasks_dir: Path, environment: dict, concurrency: int, jobs_dir: Path) -> dict:
@@ -56,15 +62,16 @@ async def run_path(tasks_dir: Path, environment: dict, concurrency: int, jobs_di
 
 
 def count_actor_calls() -> list[str]:
-    """Every actor call a RayEnvironment makes, by method (the benchmark's own instrument)."""
+    """Every actor call a try makes through the backend (`RayBackend.call_raw`: the environment's calls, and
+    a model route's when there is one), by method (the benchmark's own instrument)."""
     calls: list[str] = []
-    forward = ray_cluster.RayEnvironment._call_on_raw
+    forward = ray_cluster.RayBackend.call_raw
 
     async def counted(self, node, method, doing, *args):  # type: ignore[no-untyped-def]
         calls.append(method)
         return await forward(self, node, method, doing, *args)
 
-    ray_cluster.RayEnvironment._call_on_raw = counted  # type: ignore[method-assign]
+    ray_cluster.RayBackend.call_raw = counted  # type: ignore[method-assign]
     return calls
 
 
@@ -88,10 +95,10 @@ async def call_rtt_ms(node_resource: str, n: int = 200) -> float:
 
 
 async def measure(tasks_dir: Path, root: Path, concurrency: int, repeat: int) -> dict:
-    runs: dict[str, list[dict]] = {name: [] for name in PATHS}
+    runs: dict[str, list[dict]] = {name: [] for name in paths(concurrency)}
     calls = count_actor_calls()
     for i in range(repeat):
-        for name, environment in PATHS.items():
+        for name, environment in paths(concurrency).items():
             before = len(calls)
             runs[name].append(await run_path(tasks_dir, environment, concurrency, root / "jobs" / f"{name}-{i}"))
             runs[name][-1]["calls"] = len(calls) - before
