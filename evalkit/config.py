@@ -76,6 +76,8 @@ class RayConfig(StrictModel):
     called by the host application). evalkit shuts down only a connection it opened itself."""
     resources: dict[str, float] = {}
     """A node is used only if it offers at least these Ray resources (e.g. `{docker: 1}`)."""
+    labels: dict[str, str] = {}
+    """…and carries these Ray node labels (e.g. `{evalkit-pool: eval}`; `ray start --labels`)."""
     max_trials_per_node: int = Field(default=4, ge=1)
     """Environments in flight on one node at once (image builds per node: `n_concurrent_builds`)."""
 

@@ -655,17 +655,33 @@ def _ensure_connection(config: RayConfig) -> bool:
     return True
 
 
-def _selected_nodes(config: RayConfig) -> list[dict[str, Any]]:
+def _offering(config: RayConfig) -> list[dict[str, Any]]:
     """The live nodes that offer `environment.ray.resources`."""
     return [n for n in ray.nodes() if n.get("Alive") and all(n["Resources"].get(k, 0) >= v for k, v in config.resources.items())]
 
 
+def _labelled(nodes: list[dict[str, Any]], config: RayConfig) -> list[dict[str, Any]]:
+    """Those of `nodes` that carry `environment.ray.labels`."""
+    return [n for n in nodes if all(n.get("Labels", {}).get(k) == v for k, v in config.labels.items())]
+
+
+def _selected_nodes(config: RayConfig) -> list[dict[str, Any]]:
+    """The live nodes the job may use."""
+    return _labelled(_offering(config), config)
+
+
 def _select_nodes(config: RayConfig) -> list[dict[str, Any]]:
-    selected = _selected_nodes(config)
-    if not selected:
+    """The job's nodes at its start; none is a config error naming the field that rules them all out."""
+    offering = _offering(config)
+    if not offering:
         wanted = ", ".join(f"{k}>={v:g}" for k, v in config.resources.items())
         alive = sum(1 for n in ray.nodes() if n.get("Alive"))
         raise ConfigError(f"environment.ray.resources: no live Ray node offers {wanted} ({alive} node(s) alive)")
+    selected = _labelled(offering, config)
+    if not selected:
+        wanted = ", ".join(f"{k}={v}" for k, v in config.labels.items())
+        raise ConfigError(f"environment.ray.labels: no live Ray node carries {wanted} ({len(offering)} node(s) offer "
+                          "the resources)")
     return selected
 
 

@@ -20,6 +20,8 @@ from ray.cluster_utils import Cluster
 
 NODE_A, NODE_B = "evalkit_node_a", "evalkit_node_b"
 """Custom resources that tell the two nodes apart; both offer `docker`."""
+LABEL = "evalkit-test-node"
+"""A Ray node label with the values `a` and `b`: the other way to tell them apart."""
 _OBJECT_STORE = 80 * 1024 * 1024
 _SYSTEM_CONFIG = {"health_check_period_ms": 500, "health_check_failure_threshold": 3, "health_check_initial_delay_ms": 0}
 """A dead node is noticed within seconds rather than the default half minute."""
@@ -62,7 +64,7 @@ class RayTestCluster:
 
 
 def _node_b_args(scratch: Path) -> dict:
-    return {"num_cpus": 1, "resources": {"docker": 1, NODE_B: 1}, "object_store_memory": _OBJECT_STORE,
+    return {"num_cpus": 1, "resources": {"docker": 1, NODE_B: 1}, "labels": {LABEL: "b"}, "object_store_memory": _OBJECT_STORE,
             "env_vars": {"TMPDIR": str(scratch)}}
 
 
@@ -108,7 +110,7 @@ def ray_cluster() -> Iterator[RayTestCluster]:
     scratch = Path(tempfile.mkdtemp(prefix="evalkit-raytests-"))
     client_port = _free_port()
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {"docker": 1, NODE_A: 1}, "include_dashboard": False,
+        "num_cpus": 1, "resources": {"docker": 1, NODE_A: 1}, "labels": {LABEL: "a"}, "include_dashboard": False,
         "object_store_memory": _OBJECT_STORE, "_system_config": _SYSTEM_CONFIG, "env_vars": {"TMPDIR": str(scratch)},
         "ray_client_server_port": client_port,
     })

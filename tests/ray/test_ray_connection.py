@@ -13,7 +13,7 @@ import ray
 from evalkit import evaluate
 from evalkit.errors import ConfigError
 from tests.conftest import job_containers, read_json, run_cli, write_config, write_task
-from tests.ray.conftest import NODE_A, RayTestCluster
+from tests.ray.conftest import LABEL, NODE_A, NODE_B, RayTestCluster
 
 pytestmark = pytest.mark.docker
 
@@ -46,6 +46,22 @@ async def test_no_node_with_the_resources_is_a_config_error(ray_cluster: RayTest
         await evaluate(_config(tmp_path, jobs_dir, name, {"resources": {"gpu_docker": 2}}))
     assert str(caught.value) == "environment.ray.resources: no live Ray node offers gpu_docker>=2 (2 node(s) alive)"
     assert ray.is_initialized()
+    assert not (jobs_dir / name / "results.json").exists()
+    assert await job_containers(name) == []
+
+
+async def test_nodes_are_selected_by_label(ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path):
+    name = f"ray-label-{uuid.uuid4().hex[:6]}"
+    result = await evaluate(_config(tmp_path, jobs_dir, name, {"resources": {"docker": 1}, "labels": {LABEL: "b"}}))
+    assert [t.rewards for t in result.trials] == [{"reward": 1.0}]
+    assert list(read_json(result.job_dir / "results.json")["nodes"]) == [ray_cluster.node_ids()[NODE_B][:12]]
+
+    name = f"ray-nolabel-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ConfigError) as caught:
+        await evaluate(_config(tmp_path, jobs_dir, name, {"resources": {NODE_A: 1}, "labels": {LABEL: "b"}}))
+    assert str(caught.value) == (
+        f"environment.ray.labels: no live Ray node carries {LABEL}=b (1 node(s) offer the resources)"
+    )
     assert not (jobs_dir / name / "results.json").exists()
     assert await job_containers(name) == []
 
