@@ -345,6 +345,8 @@ class Task(BaseModel):
                 if image or context:
                     plan.update(docker_image=image or None, image_context=context, tests_dirs=())
                     break
+            else:  # a fresh container of the task's own image: prebuilt, or built from environment/
+                plan.update(docker_image=self.config.environment.docker_image)
         return VerifierPlan(**plan)
 
 

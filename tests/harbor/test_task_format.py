@@ -117,6 +117,17 @@ def test_separate_verifier_plans_resolve_the_image_as_harbor_does():
     assert fresh.separate and not fresh.bundled and [c.command.split()[0] for c in fresh.collect] == ["mkdir"]
 
 
+def test_a_separate_verifier_without_an_image_of_its_own_uses_the_tasks_prebuilt_image(tmp_path: Path):
+    task = write_task(tmp_path, "prebuilt", task_toml='[environment]\ndocker_image = "debian:bookworm-slim"\n'
+                      '[verifier]\nenvironment_mode = "separate"\n', dockerfile=None)
+    loaded = load_task(task)
+    plan = loaded.verifier_plan()
+    assert plan.separate and plan.docker_image == "debian:bookworm-slim" and plan.image_context is None
+    view = loaded.with_image(context=plan.image_context, docker_image=plan.docker_image, environment=plan.environment)
+    assert view.config.environment.docker_image == "debian:bookworm-slim"  # pulled or found, never built from environment/
+    assert plan.tests_dirs == (loaded.tests_dir,)
+
+
 def _compose(tmp_path: Path, text: str) -> Path:
     (tmp_path / "docker-compose.yaml").write_text(text)
     (tmp_path / "side").mkdir(exist_ok=True)
