@@ -100,7 +100,8 @@ def _nodes(job: Job) -> str:
     stats = job.node_stats()
     if not stats:
         return ""
-    return "  in flight " + " ".join(f"{node[:8]}:{'lost' if n.lost else n.in_flight}" for node, n in stats.items())
+    return "  in flight " + " ".join(
+        f"{node[:8]}:{'lost' if n.lost else n.in_flight}{f' ({n.failures} failed)' if n.failures else ''}" for node, n in stats.items())
 
 
 def summary_table(summary: JobSummary) -> Table:
@@ -118,7 +119,8 @@ def summary_table(summary: JobSummary) -> Table:
         table.add_row(f"[red]{error_type}", str(count))
     for node, placed in (summary.nodes or {}).items():
         images = f", images built {placed.images.built}, pulled {placed.images.pulled}, reused {placed.images.reused}"
-        table.add_row(f"node {node}", f"{placed.tries} tries{' (lost)' if placed.lost else ''}{images}")
+        failures = f", {placed.failures} infrastructure failure(s)" if placed.failures else ""
+        table.add_row(f"node {node}", f"{placed.tries} tries{' (lost)' if placed.lost else ''}{failures}{images}")
     for phase, stats in summary.phases.items():
         table.add_row(f"{phase} time", f"mean {stats.mean_sec:.2f}s  p95 {stats.p95_sec:.2f}s  max {stats.max_sec:.2f}s")
     return table

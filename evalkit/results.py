@@ -279,6 +279,9 @@ class NodeStats(BaseModel):
     """Environments placed on it during this run."""
     lost: bool = False
     """It died or stopped answering during the run; its tries in flight were recorded as infrastructure errors."""
+    failures: int = 0
+    """Environment operations on it that failed with an infrastructure error (its Docker engine's, a lost
+    actor's); a task's, an agent's or a verifier's failure is not the node's."""
     images: ImageSummary = ImageSummary()
     """What this node did with images (a task's images are made on the node its tries go to); refreshed as
     the node prepares images and ends tries, exact once the job's nodes have closed."""

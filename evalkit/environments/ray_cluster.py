@@ -54,7 +54,7 @@ from evalkit.environments.base import (
 from evalkit.environments.docker import DockerBackend, image_views
 from evalkit.environments.images import tar_directory
 from evalkit.environments.ray_routes import NodeGateway, NodeRoutes, RouteSetup
-from evalkit.errors import ConfigError, EnvironmentBuildError, InfrastructureError, RayNodeError
+from evalkit.errors import ConfigError, EnvironmentBuildError, InfrastructureError, RayNodeError, TrialError
 from evalkit.results import DownloadReport, ImageSummary, NodeStats, ResourceEnvelope
 
 if TYPE_CHECKING:
@@ -309,6 +309,8 @@ class Node:
     in_flight: int = 0
     tries: int = 0
     lost: bool = False
+    failures: int = 0
+    """Calls to it that failed with an infrastructure error (its engine's, its actor's)."""
     images: ImageSummary = field(default_factory=ImageSummary)
     """The node's image work, as it last reported it."""
     image_keys: set[str] = field(default_factory=set)
@@ -489,7 +491,8 @@ class RayBackend:
 
     def node_stats(self) -> dict[str, NodeStats]:
         """Per node: environments in flight, tries placed, whether it was lost, its images (for `results.json`)."""
-        return {n.label: NodeStats(address=n.address, in_flight=n.in_flight, tries=n.tries, lost=n.lost, images=n.images)
+        return {n.label: NodeStats(address=n.address, in_flight=n.in_flight, tries=n.tries, lost=n.lost, failures=n.failures,
+                                      images=n.images)
                 for n in self.nodes}
 
     async def call(self, node: Node, method: str, doing: str, *args: Any) -> Any:
@@ -511,12 +514,16 @@ class RayBackend:
             raise
         except RayActorError:
             self.health.failures += 1
+            node.failures += 1
             self.lose(node)
             raise RayNodeError(f"Ray node {node.label} ({node.address}) was lost while {doing}") from None
         except RayError as exc:
             self.health.failures += 1
+            node.failures += 1
             raise RayNodeError(f"Ray node {node.label} ({node.address}) failed while {doing}: {type(exc).__name__}") from None
         self.health.record(time.monotonic() - started)
+        if not outcome[0] and _kind(outcome[1][0]) == "infrastructure":
+            node.failures += 1  # its engine failed (a task's or an agent's failure is not the node's)
         return outcome
 
     async def _all(self, method: str, doing: str, *args: Any, strict: bool = True,
@@ -773,6 +780,11 @@ class RayEnvironment:
 
     async def _call_on(self, node: Node, method: str, doing: str, *args: Any) -> Any:
         return _value(*await self.backend.call_raw(node, method, doing, self.env_id, *args))
+
+
+def _kind(error: type[Exception]) -> str:
+    """Whose failure an error raised on a node is (as `trial.error_info` records it)."""
+    return error.kind if issubclass(error, TrialError) else "infrastructure"
 
 
 def _value(ok: bool, value: Any, *_: Any) -> Any:
