@@ -70,6 +70,8 @@ LABEL_NODE = "evalkit.ray_node"
 _BUILD_LOGS_MAX_BYTES = 64 * 1024 * 1024
 _CONNECT_TIMEOUT_SEC = 120.0
 """How long a node's actor may take to start and reach its Docker engine."""
+_DISMISS_TIMEOUT_SEC = 30.0
+"""How long an actor that never joined may take to remove its scratch directory before it is killed."""
 REJOIN_POLL_SEC = 1.0
 """After a node is lost: how often the cluster is asked for selected nodes that came alive."""
 
@@ -376,8 +378,7 @@ class RayBackend:
             backend.internet_network = networks[0] if len(set(networks)) == 1 else None
             return backend
         except BaseException:
-            for node in nodes:
-                ray.kill(node.actor)
+            await uncancellable(_dismiss(nodes))
             if owns:
                 await uncancellable(asyncio.to_thread(ray.shutdown))
             raise
@@ -611,16 +612,25 @@ class RayBackend:
             if self.internet_network not in (None, network):
                 raise InfrastructureError(f"it offers network {network!r} to tasks that need the internet, the job's other nodes {self.internet_network!r}")
         except Exception as exc:
-            ray.kill(node.actor)
+            await uncancellable(_dismiss([node]))
             self._refused.add(node.node_id)
             log.warning("Ray node %s (%s) came alive but cannot join the job: %s: %s", node.label, node.address, type(exc).__name__, exc)
             return
         except BaseException:
-            ray.kill(node.actor)
+            await uncancellable(_dismiss([node]))
             raise
         self.nodes.append(node)
         self._changed.set()
         log.info("Ray node %s (%s) joined the job; it removed %d container(s) that lost nodes left", node.label, node.address, removed)
+
+
+async def _dismiss(nodes: list[Node]) -> None:
+    """Stop actors that never joined the job: each closes first (its scratch directory goes), briefly, then is killed."""
+    refs = [node.actor.close.remote() for node in nodes]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*refs, return_exceptions=True), _DISMISS_TIMEOUT_SEC)
+    for node in nodes:
+        ray.kill(node.actor)
 
 
 def _start_node(info: dict[str, Any], config: EnvironmentConfig, job: JobIdentity, run_id: str) -> Node:

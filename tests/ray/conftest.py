@@ -18,7 +18,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-NODE_A, NODE_B = "evalkit_node_a", "evalkit_node_b"
+NODE_A, NODE_B, NODE_C = "evalkit_node_a", "evalkit_node_b", "evalkit_node_c"
 """Custom resources that tell the two nodes apart; both offer `docker`."""
 LABEL = "evalkit-test-node"
 """A Ray node label with the values `a` and `b`: the other way to tell them apart."""
@@ -30,7 +30,7 @@ _SYSTEM_CONFIG = {"health_check_period_ms": 500, "health_check_failure_threshold
 @dataclass
 class RayTestCluster:
     cluster: Cluster
-    node_b: object
+    node_b: object | None
     scratch: Path
     """The nodes' temp directory (`TMPDIR` of their raylets and workers): where actors keep scratch files."""
     client_port: int
@@ -43,17 +43,31 @@ class RayTestCluster:
 
     def node_ids(self) -> dict[str, str]:
         """Custom label → node id, of the live nodes."""
-        return {label: n["NodeID"] for n in ray.nodes() if n["Alive"] for label in (NODE_A, NODE_B) if label in n["Resources"]}
+        return {label: n["NodeID"] for n in ray.nodes() if n["Alive"] for label in (NODE_A, NODE_B, NODE_C) if label in n["Resources"]}
 
     def raylet_pid(self, node: object) -> int:
         return node.all_processes["raylet"][0].process.pid  # type: ignore[attr-defined]
 
     def replace_node_b(self) -> None:
         """After a test killed node B: a fresh node B (other tests expect two nodes)."""
-        self.cluster.remove_node(self.node_b, allow_graceful=False)
+        self.drop_node_b()
         self.node_b = self.cluster.add_node(**_node_b_args(self.scratch))
         self.cluster.wait_for_nodes()
         self.snapshot()
+
+    def drop_node_b(self) -> None:
+        """Forget a killed node B (the cluster then counts one node fewer)."""
+        if self.node_b is not None:
+            self.cluster.remove_node(self.node_b, allow_graceful=False)
+            self.node_b = None
+
+    def add_node_without_docker(self) -> object:
+        """A third node that offers `docker` but whose Docker engine does not answer (a dead socket)."""
+        node = self.cluster.add_node(num_cpus=1, resources={"docker": 1, NODE_C: 1}, object_store_memory=_OBJECT_STORE,
+                                     env_vars={"TMPDIR": str(self.scratch), "DOCKER_HOST": f"unix://{self.scratch}/no-docker.sock"})
+        self.cluster.wait_for_nodes()
+        self.snapshot()
+        return node
 
     def node_agents(self) -> list[int]:
         """The processes hosting an evalkit NodeAgent actor on this cluster now."""

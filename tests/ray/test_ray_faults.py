@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import uuid
@@ -17,7 +18,7 @@ import pytest
 from evalkit import evaluate
 from evalkit.environments.ray_cluster import LABEL_NODE
 from tests.conftest import job_containers, read_json, write_task
-from tests.ray.conftest import NODE_B, Gate, RayTestCluster, _cmdline, _descendants, until
+from tests.ray.conftest import NODE_B, NODE_C, Gate, RayTestCluster, _cmdline, _descendants, until
 
 pytestmark = pytest.mark.docker
 N_TASKS = 6
@@ -79,7 +80,7 @@ async def test_a_node_killed_mid_job_loses_no_trial(ray_cluster: RayTestCluster,
 
 
 async def test_a_node_that_comes_alive_removes_what_the_lost_one_left_and_takes_tries(
-        ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path, gate: Gate):
+        ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path, gate: Gate, caplog: pytest.LogCaptureFixture):
     tasks = [write_task(tmp_path / "tasks", f"gated-{i}", solve=gate.solve, task_toml=LONG_AGENT) for i in range(4)]
     name = f"ray-rejoin-{uuid.uuid4().hex[:6]}"
     old_b = ray_cluster.node_ids()[NODE_B]
@@ -88,7 +89,7 @@ async def test_a_node_that_comes_alive_removes_what_the_lost_one_left_and_takes_
               "retry": {"max_retries": 2, "backoff_sec": 0.1},
               "environment": {"backend": "ray", "network_mode": "host", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 2}}}
     job = asyncio.ensure_future(evaluate(config))
-    replaced = False
+    replaced, broken = False, None
     try:
         async def all_waiting() -> bool:  # every try runs, held at the gate: two on each node
             assert not job.done(), "the job ended before its tries were all running"
@@ -99,6 +100,15 @@ async def test_a_node_that_comes_alive_removes_what_the_lost_one_left_and_takes_
         raylet = ray_cluster.raylet_pid(ray_cluster.node_b)
         os.kill(_node_agent_pid(raylet), signal.SIGKILL)
         os.kill(raylet, signal.SIGKILL)
+        caplog.set_level(logging.WARNING, logger="evalkit.environments.ray_cluster")
+        ray_cluster.drop_node_b()
+        broken = ray_cluster.add_node_without_docker()  # comes alive first, cannot join: refused, nothing left
+
+        async def refused() -> bool:
+            return any("came alive but cannot join the job: InfrastructureError" in r.getMessage() for r in caplog.records)
+
+        await until(refused, "the node without Docker refused")
+        assert not any(f"-{ray_cluster.node_ids()[NODE_C][:12]}-" in d for d in ray_cluster.scratch_dirs())
         ray_cluster.replace_node_b()  # a fresh node B on the same engine and disk (Ray starts nodes from the main thread)
         replaced = True
         new_b = ray_cluster.node_ids()[NODE_B]
@@ -122,6 +132,8 @@ async def test_a_node_that_comes_alive_removes_what_the_lost_one_left_and_takes_
                 await job
         if not replaced:
             ray_cluster.replace_node_b()
+        if broken is not None:
+            ray_cluster.cluster.remove_node(broken)
 
     summary = result.summary
     assert summary.status == "finished" and summary.n_trials == summary.n_finished == 4 and summary.n_errored == 0
@@ -133,5 +145,6 @@ async def test_a_node_that_comes_alive_removes_what_the_lost_one_left_and_takes_
     nodes = read_json(jobs_dir / name / "results.json")["nodes"]
     assert (nodes[old_b[:12]]["lost"], nodes[old_b[:12]]["tries"]) == (True, 2)
     assert (nodes[new_b[:12]]["lost"], nodes[new_b[:12]]["tries"]) == (False, 2)
+    assert len(nodes) == 3  # the node without Docker never joined
     assert summary.n_tries == 6
     assert await job_containers(name) == []
