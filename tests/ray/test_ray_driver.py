@@ -15,17 +15,15 @@ import ray
 from evalkit import evaluate
 from tests.conftest import job_containers, popen_cli, read_json, run_cli, write_config, write_task
 from tests.ray.conftest import Gate, RayTestCluster, until
-from tests.ray.test_ray_faults import LONG_AGENT
+from tests.ray.test_ray_faults import LONG_AGENT, two_node_job
 
 pytestmark = pytest.mark.docker
 
 
-def _config(tmp_path: Path, jobs_dir: Path, name: str, gate: Gate, *, quick: int, gated: int, address: str | None = None) -> dict:
+def _config(tmp_path: Path, jobs_dir: Path, name: str, gate: Gate, *, quick: int, gated: int, **ray: str) -> dict:
     tasks = [write_task(tmp_path / "tasks", f"quick-{i}") for i in range(quick)]
     tasks += [write_task(tmp_path / "tasks", f"gated-{i}", solve=gate.solve, task_toml=LONG_AGENT) for i in range(gated)]
-    ray_config = {"resources": {"docker": 1}, "max_trials_per_node": 2, **({"address": address} if address else {})}
-    return {"job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4, "dataset": {"tasks": [{"path": str(t)} for t in tasks]},
-            "environment": {"backend": "ray", "network_mode": "host", "ray": ray_config}}
+    return two_node_job(name, jobs_dir, tasks, **ray)
 
 
 def _finished(job_dir: Path) -> dict[str, dict]:

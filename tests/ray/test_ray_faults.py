@@ -38,14 +38,21 @@ def _node_agent_pid(raylet_pid: int) -> int:
     return pid
 
 
+def two_node_job(name: str, jobs_dir: Path, tasks: list[Path], **ray: str) -> dict:
+    """Four tries in flight over both nodes (two each: the second node gets tries even though images follow
+    them), infrastructure errors retried."""
+    return {"job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4,
+            "dataset": {"tasks": [{"path": str(t)} for t in tasks]},
+            "retry": {"max_retries": 2, "backoff_sec": 0.1},
+            "environment": {"backend": "ray", "network_mode": "host",
+                            "ray": {"resources": {"docker": 1}, "max_trials_per_node": 2, **ray}}}
+
+
 async def test_a_node_killed_mid_job_loses_no_trial(ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path):
     tasks = [write_task(tmp_path / "tasks", f"slow-{i}", solve="sleep 6; echo done > /tmp/out.txt") for i in range(N_TASKS)]
     name = f"ray-faults-{uuid.uuid4().hex[:6]}"
     node_b = ray_cluster.node_ids()[NODE_B]
-    config = {"job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4,
-              "dataset": {"tasks": [{"path": str(t)} for t in tasks]},
-              "retry": {"max_retries": 2, "backoff_sec": 0.1},
-              "environment": {"backend": "ray", "network_mode": "host", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 2}}}
+    config = two_node_job(name, jobs_dir, tasks)
     job = asyncio.ensure_future(evaluate(config))
     try:
         while not (victims := await _running_on(name, node_b)):
@@ -84,10 +91,7 @@ async def test_a_node_that_comes_alive_removes_what_the_lost_one_left_and_takes_
     tasks = [write_task(tmp_path / "tasks", f"gated-{i}", solve=gate.solve, task_toml=LONG_AGENT) for i in range(4)]
     name = f"ray-rejoin-{uuid.uuid4().hex[:6]}"
     old_b = ray_cluster.node_ids()[NODE_B]
-    config = {"job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4,
-              "dataset": {"tasks": [{"path": str(t)} for t in tasks]},
-              "retry": {"max_retries": 2, "backoff_sec": 0.1},
-              "environment": {"backend": "ray", "network_mode": "host", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 2}}}
+    config = two_node_job(name, jobs_dir, tasks)
     job = asyncio.ensure_future(evaluate(config))
     replaced, broken = False, None
     try:
