@@ -31,7 +31,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -358,6 +358,8 @@ class RayBackend:
         self._joining: asyncio.Task[None] | None = None
         """From the first loss until close: looks for selected nodes that came alive."""
         self._refused: set[str] = set()
+        self.join_checks: list[Callable[[str, str], None]] = []
+        """Checks of a node that comes alive mid-job (its label, its address): one that raises refuses it."""
         """Nodes that came alive but could not join (their engine did not answer): not tried again."""
         self._failed: dict[str, EnvironmentBuildError] = {}
         """Per image key: the task's own build failure on the node that prepared it. Its tries fail with it at
@@ -611,6 +613,8 @@ class RayBackend:
                 removed = _value(*await node.actor.forget.remote(lost))
             if self.internet_network not in (None, network):
                 raise InfrastructureError(f"it offers network {network!r} to tasks that need the internet, the job's other nodes {self.internet_network!r}")
+            for check in self.join_checks:
+                check(node.label, node.address)
         except Exception as exc:
             await uncancellable(_dismiss([node]))
             self._refused.add(node.node_id)

@@ -184,6 +184,7 @@ class NodeRoutes:
         """Node gateways start on demand; on exit (cancellation included) every one that started is stopped,
         and what each rejected lands in `artifacts/litellm/<job>/nodes/<node>-rejected.jsonl`."""
         check_reachable(llm_api, backend.driver_address, {n.label: n.address for n in backend.nodes})
+        backend.join_checks.append(lambda label, address: check_reachable(llm_api, backend.driver_address, {label: address}))
         setup = RouteSetup(llm_api, api_keys(llm_api), job_name, nodes=len(backend.nodes))
         routes = cls(backend, setup, tasks, Path(artifacts_dir) / "litellm" / job_name / "nodes")
         try:
