@@ -358,9 +358,9 @@ class RayBackend:
         self._joining: asyncio.Task[None] | None = None
         """From the first loss until close: looks for selected nodes that came alive."""
         self._refused: set[str] = set()
+        """Nodes that came alive but could not join (their engine did not answer): not tried again."""
         self.join_checks: list[Callable[[str, str], None]] = []
         """Checks of a node that comes alive mid-job (its label, its address): one that raises refuses it."""
-        """Nodes that came alive but could not join (their engine did not answer): not tried again."""
         self._failed: dict[str, EnvironmentBuildError] = {}
         """Per image key: the task's own build failure on the node that prepared it. Its tries fail with it at
         once, wherever they would have gone (as a local run's image store does), instead of building again."""
