@@ -233,8 +233,8 @@ class NodeAgent:
     async def close_route(self, api_key: str) -> tuple[bool, Any, None]:
         return await _outcome(self.gateway.close(api_key))
 
-    async def read_trajectory(self, api_key: str, offset: int, size: int) -> tuple[bool, Any, None]:
-        return await _outcome(self.gateway.read(api_key, offset, size))
+    async def read_trajectory(self, api_key: str, offset: int, size: int, whole_lines: bool) -> tuple[bool, Any, None]:
+        return await _outcome(self.gateway.read(api_key, offset, size, whole_lines))
 
     async def release_route(self, access: TrialAccess) -> tuple[bool, Any, None]:
         return await _outcome(self.gateway.release(access))

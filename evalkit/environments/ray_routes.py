@@ -6,8 +6,9 @@ on, so on a cluster the route lives on the try's node. Each node's actor runs a 
 the keys the driver read from its environment, and writes each try's trajectory into the node's scratch
 directory. `NodeRoutes` stands on the driver where the job's `Gateway` stands (`open_trial` / `close_trial` /
 `release_route`): it places the try on a node (its container then starts there, where its route is), gives
-the trial its home deployment, and on close brings the trajectory back, in bounded chunks, into the try's
-`agent/` directory through the same safe writer a local gateway uses, so the job directory is a local run's.
+the trial its home deployment, and brings the trajectory back, in bounded chunks, into the try's `agent/`
+directory through the same safe writer a local gateway uses, so the job directory is a local run's: whole
+lines every `LIVE_COPY_SEC` while the agent runs (the dashboard follows a running try), the rest at close.
 
 Sticky routing across nodes: the driver, which sees every try, chooses each trial's home (the deployment with
 the fewest live trials, cluster-wide) and a retry keeps its trial's home wherever it runs; a try keeps its
@@ -21,8 +22,10 @@ A host-side agent (the built-in `evalkit` agent) runs on the driver and uses the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
+import logging
 import os
 import shutil
 import urllib.parse
@@ -47,6 +50,9 @@ if TYPE_CHECKING:
 
 CHUNK_BYTES = 4 * 1024 * 1024
 """A trajectory comes back to the driver at most this much per actor call (the driver holds one at a time)."""
+LIVE_COPY_SEC = 2.0
+"""While a trial is open, its trajectory's new whole lines are copied to the driver this often."""
+log = logging.getLogger("evalkit.ray")
 _TRAJECTORY = "trajectory.jsonl"
 
 
@@ -95,9 +101,11 @@ class NodeGateway:
     async def close(self, api_key: str) -> ModelUsage:
         return await self.gateway.close_trial(api_key)
 
-    async def read(self, api_key: str, offset: int, size: int) -> bytes:
-        """Up to `size` bytes of a closed trial's trajectory from `offset` (empty at its end)."""
-        return await asyncio.to_thread(_read_chunk, self._trajectories[api_key], offset, size)
+    async def read(self, api_key: str, offset: int, size: int, whole_lines: bool) -> bytes:
+        """Up to `size` bytes of a trial's trajectory from `offset` (empty at its end); `whole_lines` (the
+        trial still open, a line possibly half written): up to the last line end."""
+        data = await asyncio.to_thread(_read_chunk, self._trajectories[api_key], offset, size)
+        return data[: data.rfind(b"\n") + 1] if whole_lines else data
 
     async def release(self, access: TrialAccess) -> None:
         await self.gateway.release_route(access)
@@ -143,6 +151,10 @@ class _OpenTrial:
     node: Node
     trajectory: LogFile
     trial: str
+    copied: int = 0
+    """Bytes of the node's trajectory already in the driver's."""
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    follower: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -206,7 +218,8 @@ class NodeRoutes:
                 self.backend.free(node)
             await uncancellable(asyncio.to_thread(trajectory.discard))
             raise
-        self._open[access.api_key] = _OpenTrial(node, trajectory, trial)
+        opened = self._open[access.api_key] = _OpenTrial(node, trajectory, trial)
+        opened.follower = asyncio.ensure_future(self._follow(access.api_key, opened))
         self.backend.reserve(access.socket_path.parent, node)
         return access
 
@@ -236,13 +249,13 @@ class NodeRoutes:
         the same infrastructure error as a local gateway process that died (`GatewayLostError`)."""
         opened = self._open.pop(api_key)
         self.homes.give_back(opened.trial)
-        node, trajectory = opened.node, opened.trajectory
+        opened.closing.set()
+        if opened.follower is not None:
+            await opened.follower  # ends at once; never two writers of one file
+        trajectory = opened.trajectory
         try:
-            usage: ModelUsage = await self.backend.call(node, "close_route", "closing a model route", api_key)
-            offset = 0
-            while chunk := await self.backend.call(node, "read_trajectory", "copying a trajectory", api_key, offset, CHUNK_BYTES):
-                await asyncio.to_thread(trajectory.write, chunk)
-                offset += len(chunk)
+            usage: ModelUsage = await self.backend.call(opened.node, "close_route", "closing a model route", api_key)
+            await self._copy(api_key, opened, whole_lines=False)
         except RayNodeError as exc:
             raise GatewayLostError(f"{exc}: the trial's model calls are missing from its trajectory and usage") from None
         finally:
@@ -250,6 +263,28 @@ class NodeRoutes:
         if trajectory.error is not None and usage.trajectory_error is None:
             usage.trajectory_error = trajectory.error
         return usage
+
+    async def _copy(self, api_key: str, opened: _OpenTrial, *, whole_lines: bool) -> None:
+        """Append what the node's trajectory has beyond what the driver's has, chunk by chunk."""
+        while chunk := await self.backend.call(opened.node, "read_trajectory", "copying a trajectory", api_key,
+                                               opened.copied, CHUNK_BYTES, whole_lines):
+            await asyncio.to_thread(opened.trajectory.write, chunk)
+            opened.copied += len(chunk)
+
+    async def _follow(self, api_key: str, opened: _OpenTrial) -> None:
+        """While the trial is open: its new whole lines every `LIVE_COPY_SEC`. A failure only ends the
+        following (the copy at close says what went wrong)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LIVE_COPY_SEC):
+                    await opened.closing.wait()
+            if opened.closing.is_set():
+                return
+            try:
+                await self._copy(api_key, opened, whole_lines=True)
+            except Exception as exc:  # a live view is a convenience: close_trial copies the rest
+                log.debug("following the trajectory of %s on node %s: %s", opened.trial, opened.node.label, exc)
+                return
 
     async def release_route(self, access: TrialAccess) -> None:
         """After the try's container is gone: its slot (if no container took it) and its route on the node."""
@@ -261,6 +296,9 @@ class NodeRoutes:
                 pass  # the node's scratch goes with it
 
     async def _stop(self) -> None:
+        for opened in self._open.values():  # trials never closed (their trial function did not get that far)
+            if opened.follower is not None:
+                opened.follower.cancel()
         started = [n for n in self.backend.nodes if n.node_id in self._started and not n.lost]
         for node, rejected in zip(started, await asyncio.gather(
             *(self.backend.call(n, "stop_gateway", "stopping the node's gateway") for n in started), return_exceptions=True,

@@ -9,6 +9,8 @@ import asyncio
 import os
 import secrets
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -23,7 +25,7 @@ from evalkit.results import trial_of
 from tests.agents.conftest import MODEL, answer_task
 from tests.agents.scripted import solver, upstream_calls
 from tests.conftest import job_containers, read_json
-from tests.gateway.fake_upstream import FakeUpstream
+from tests.gateway.fake_upstream import FakeUpstream, Reply, Step
 from tests.ray.conftest import RayTestCluster, _cmdline, _descendants
 
 pytestmark = pytest.mark.docker
@@ -41,13 +43,25 @@ def _parent(pid: int) -> int:
         return 0
 
 
-async def _watch_gateways(seen: dict[int, bytes]) -> None:
-    """Every gateway process that runs while the job does, with its parent's command line."""
+async def _watch(job_dir: Path, gateways: dict[int, bytes], first_seen: dict[str, int]) -> None:
+    """While the job runs: every gateway process with its parent's command line, and per try how many lines
+    its trajectory in the job directory had when it was first seen with any."""
     while True:
         for pid in _descendants(os.getpid()):
-            if b"evalkit.gateway.process" in _cmdline(pid) and pid not in seen:
-                seen[pid] = _cmdline(_parent(pid))
-        await asyncio.sleep(0.2)
+            if b"evalkit.gateway.process" in _cmdline(pid) and pid not in gateways:
+                gateways[pid] = _cmdline(_parent(pid))
+        for trajectory in job_dir.glob("*/agent/litellm-trajectory.jsonl"):
+            if trajectory.parent.parent.name not in first_seen and (data := trajectory.read_bytes()):
+                first_seen[trajectory.parent.parent.name] = data.count(b"\n")
+        await asyncio.sleep(0.1)
+
+
+def _slow_to_finish(reply_of: Callable[[dict], Step]) -> Callable[[dict], Step]:
+    """The scripted model, taking its time over the last answer: the earlier calls are on disk meanwhile."""
+    def reply(body: dict) -> Step:
+        step = reply_of(body)
+        return replace(step, delay=6.0) if isinstance(step, Reply) and step.text.startswith("Done") else step
+    return reply
 
 
 async def test_agents_in_containers_on_both_nodes_reach_the_model_through_their_node(
@@ -56,16 +70,18 @@ async def test_agents_in_containers_on_both_nodes_reach_the_model_through_their_
     key = "sk-ray-route-" + secrets.token_hex(12)
     monkeypatch.setenv("EVALKIT_TEST_RAY_UPSTREAM_KEY", key)
     monkeypatch.setattr(ray_routes, "CHUNK_BYTES", 1000)  # trajectories come back in many chunks
+    monkeypatch.setattr(ray_routes, "LIVE_COPY_SEC", 0.2)
     for i in range(N_TASKS):
         answer_task(tmp_path / "tasks", f"answer-{i}")
     name = f"ray-routes-{uuid.uuid4().hex[:6]}"
     async with FakeUpstream("replica-a") as first, FakeUpstream("replica-b") as second:
         for upstream in (first, second):
-            upstream.default = solver()
-        deployments = [{"model": f"hosted_vllm/{MODEL}", "api_base": u.url, "api_key_env": "EVALKIT_TEST_RAY_UPSTREAM_KEY",
-                        "max_in_flight": 2} for u in (first, second)]
+            upstream.default = _slow_to_finish(solver())
+        deployments = [{"model": f"hosted_vllm/{MODEL}", "api_base": u.url, "api_key_env": "EVALKIT_TEST_RAY_UPSTREAM_KEY"}
+                       for u in (first, second)]
         gateways: dict[int, bytes] = {}
-        watcher = asyncio.ensure_future(_watch_gateways(gateways))
+        first_seen: dict[str, int] = {}
+        watcher = asyncio.ensure_future(_watch(jobs_dir / name, gateways, first_seen))
         result = await evaluate({
             "job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4,
             "dataset": {"path": str(tmp_path / "tasks")},
@@ -76,7 +92,6 @@ async def test_agents_in_containers_on_both_nodes_reach_the_model_through_their_
         watcher.cancel()
         calls = upstream_calls(first) + upstream_calls(second)
         keys_seen = {r.headers.get("Authorization") for u in (first, second) for r in u.received}
-        most_at_once = [first.max_in_progress, second.max_in_progress]
 
     summary = result.summary
     assert summary.n_trials == summary.n_finished == summary.n_tries == N_TASKS
@@ -93,13 +108,13 @@ async def test_agents_in_containers_on_both_nodes_reach_the_model_through_their_
         assert [line["seq"] for line in lines] == list(range(len(lines)))  # whole, in order, over many chunks
         assert trial.agent_outcome.usage.n_calls == len(lines) and trial.agent_outcome.usage.trajectory_error is None
         homes[trial.trial_name] = {line["deployment"] for line in upstream_lines}
+        assert 0 < first_seen[trial.trial_name] < len(lines)  # its first calls showed up while the agent ran
         total += len(upstream_lines)
     assert total == calls  # every upstream call once, in the driver's job directory
     assert all(len(h) == 1 for h in homes.values())  # each trial stuck to one replica
     assert sorted(sum(1 for h in homes.values() if d in h) for d in {d for h in homes.values() for d in h}) == [2, 2]
-    assert max(most_at_once) <= 2  # max_in_flight 2 per replica, split over the two nodes' gateways
-    assert keys_seen == {f"Bearer {key}"}
-    assert len(gateways) == 2 and all(parent.startswith(b"ray::NodeAgent") for parent in gateways.values())  # the driver's key reached the upstream from both nodes
+    assert keys_seen == {f"Bearer {key}"}  # the driver's key reached the upstream from both nodes
+    assert len(gateways) == 2 and all(parent.startswith(b"ray::NodeAgent") for parent in gateways.values())
 
     for path in [*result.job_dir.rglob("*"), *(jobs_dir.parent / "litellm").rglob("*")]:
         assert not path.is_file() or key.encode() not in path.read_bytes(), path
@@ -132,3 +147,25 @@ def test_every_try_of_a_trial_gets_its_trials_home():
     homes.give_back(trial_of("task-a__1"))
     assert homes.take(trial_of("task-a__1-try1")) == first  # its retry: the same replica, wherever it runs
     assert homes.live == [1, 1]
+
+
+async def test_a_replicas_cap_holds_across_the_nodes(ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path):
+    for i in range(N_TASKS):
+        answer_task(tmp_path / "tasks", f"answer-{i}")
+    name = f"ray-caps-{uuid.uuid4().hex[:6]}"
+    async with FakeUpstream("replica") as upstream:
+        scripted = solver()
+        upstream.default = lambda body: replace(step, delay=1.0) if isinstance(step := scripted(body), Reply) else step
+        result = await evaluate({
+            "job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4,
+            "dataset": {"path": str(tmp_path / "tasks")},
+            "agent": {"name": "opencode"},
+            "llm_api": {"model": MODEL, "max_retries": 0,
+                        "deployments": [{"model": f"hosted_vllm/{MODEL}", "api_base": upstream.url, "max_in_flight": 2}]},
+            "environment": {"backend": "ray", "network_mode": "host", "ray": {"resources": {"docker": 1}, "max_trials_per_node": 2}},
+        })
+        most_at_once = upstream.max_in_progress
+    assert [(t.error, t.reward) for t in result.trials] == [(None, 1.0)] * N_TASKS
+    assert sorted(n["tries"] for n in read_json(result.job_dir / "results.json")["nodes"].values()) == [2, 2]
+    assert most_at_once <= 2  # max_in_flight 2: one slot on each node's gateway (the stated tolerance is nodes - 1)
+
