@@ -157,6 +157,6 @@ async def test_a_crashing_agent_is_a_typed_agent_error_and_the_verifier_still_ru
 
 def test_switching_agent_on_the_command_line_leaves_the_old_agent_s_options_behind():
     default = load_config(REPO / "config.yaml")
-    assert default.agent.name == "evalkit" and default.agent.kwargs == {"tool_calling": False}
+    assert default.agent.name == "evalkit" and default.agent.kwargs == {"tool_calling": False, "command_timeout_sec": 15}
     assert load_config(REPO / "config.yaml", {"agent.name": "oracle"}).agent == AgentConfig(name="oracle")
     assert load_config(REPO / "config.yaml", {"agent.name": "evalkit"}).agent == default.agent
