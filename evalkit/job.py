@@ -37,6 +37,7 @@ from evalkit.errors import (
     EvalkitError,
     InfrastructureError,
     JobFailedError,
+    RayNodeError,
     TaskConfigError,
     TrialError,
 )
@@ -542,7 +543,7 @@ class Job:
         using up the trial's retries."""
         if result.error is not None:
             if backend.outages != outages or not await backend.answers():
-                if result.error.type != DockerUnavailableError.__name__:
+                if result.error.type not in (DockerUnavailableError.__name__, RayNodeError.__name__):
                     result.error = result.error.model_copy(update={
                         "type": DockerUnavailableError.__name__, "kind": "infrastructure",
                         "message": f"the Docker engine went away during this try (seen as {result.error.type}: {result.error.message})",

@@ -352,7 +352,8 @@ class RayBackend:
         self.internet_network: NetworkMode | None = None
         """The nodes' network for tasks that need the internet, when every node offers the same one."""
         self.outages = 0
-        """A node that dies is lost for the job (its tries fail with RayNodeError), never an outage to wait out."""
+        """Times every node of the job was lost at once: new tries wait (`available`) for a node to come alive.
+        One node lost while others live is no outage: its tries fail with RayNodeError and go elsewhere."""
         self._holders: dict[str, list[Node]] = {}
         """Per task image key: the node of each `prepare` not yet released (released there)."""
         self._joining: asyncio.Task[None] | None = None
@@ -461,8 +462,18 @@ class RayBackend:
         return any(not n.lost for n in self.nodes)
 
     async def available(self) -> None:
-        if not self.up:
-            raise InfrastructureError("every Ray node of this job was lost; finished tries are kept, run the job again to resume it")
+        """Return once a node of the job is live (at once, unless every one was lost); InfrastructureError when
+        none has come alive and joined within `outage_timeout_sec`."""
+        try:
+            async with asyncio.timeout(self.config.outage_timeout_sec):
+                while not self.up:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise InfrastructureError(
+                f"every Ray node of this job was lost and none came alive within {self.config.outage_timeout_sec:g} s "
+                "(environment.outage_timeout_sec); finished tries are kept, run the job again to resume it"
+            ) from None
 
     async def answers(self) -> bool:
         return self.up
@@ -585,6 +596,10 @@ class RayBackend:
         """The node is gone for this run; from now on, nodes that come alive are looked for."""
         node.lost = True
         self._changed.set()
+        if not self.up:
+            self.outages += 1
+            log.warning("every Ray node of this job was lost; new tries wait up to %g s for a node to come alive",
+                        self.config.outage_timeout_sec)
         if self._joining is None:
             self._joining = asyncio.ensure_future(self._join_nodes())
 

@@ -18,7 +18,7 @@ import pytest
 from evalkit import evaluate
 from evalkit.environments.ray_cluster import LABEL_NODE
 from tests.conftest import job_containers, read_json, write_task
-from tests.ray.conftest import NODE_B, NODE_C, Gate, RayTestCluster, _cmdline, _descendants, until
+from tests.ray.conftest import LABEL, NODE_B, NODE_C, Gate, RayTestCluster, _cmdline, _descendants, until
 
 pytestmark = pytest.mark.docker
 N_TASKS = 6
@@ -38,7 +38,7 @@ def _node_agent_pid(raylet_pid: int) -> int:
     return pid
 
 
-def two_node_job(name: str, jobs_dir: Path, tasks: list[Path], **ray: str) -> dict:
+def two_node_job(name: str, jobs_dir: Path, tasks: list[Path], **ray: object) -> dict:
     """Four tries in flight over both nodes (two each: the second node gets tries even though images follow
     them), infrastructure errors retried."""
     return {"job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4,
@@ -151,4 +151,56 @@ async def test_a_node_that_comes_alive_removes_what_the_lost_one_left_and_takes_
     assert (nodes[new_b[:12]]["lost"], nodes[new_b[:12]]["tries"]) == (False, 2)
     assert len(nodes) == 3  # the node without Docker never joined
     assert summary.n_tries == 6
+    assert await job_containers(name) == []
+
+
+async def test_every_node_lost_pauses_the_job_until_a_node_comes_alive(
+        ray_cluster: RayTestCluster, tmp_path: Path, jobs_dir: Path, gate: Gate):
+    tasks = [write_task(tmp_path / "tasks", f"gated-{i}", solve=gate.solve, task_toml=LONG_AGENT) for i in range(2)]
+    name = f"ray-outage-{uuid.uuid4().hex[:6]}"
+    old_b = ray_cluster.node_ids()[NODE_B]
+    config = two_node_job(name, jobs_dir, tasks, labels={LABEL: "b"})  # node B is the job's only node
+    config["retry"]["max_retries"] = 0  # an outage's retries are not the trial's
+    job = asyncio.ensure_future(evaluate(config))
+    replaced = False
+    try:
+        async def both_waiting() -> bool:
+            assert not job.done(), "the job ended before its tries were running"
+            return len(await _running_on(name, old_b)) == 2
+        await until(both_waiting, "both tries held at the gate on node B")
+        victims = await _running_on(name, old_b)
+        ray_cluster.snapshot()
+        raylet = ray_cluster.raylet_pid(ray_cluster.node_b)
+        os.kill(_node_agent_pid(raylet), signal.SIGKILL)
+        os.kill(raylet, signal.SIGKILL)
+
+        async def recorded() -> bool:
+            assert not job.done(), "the job stopped when its last node was lost"
+            return all((jobs_dir / name / v / "result.json").exists() for v in victims)
+        await until(recorded, "the lost tries recorded")
+        ray_cluster.replace_node_b()
+        replaced = True
+        new_b = ray_cluster.node_ids()[NODE_B]
+
+        async def retries_on_new_b() -> bool:
+            return len(await _running_on(name, new_b)) == 2
+        await until(retries_on_new_b, "the retries running on the node that came alive")
+        gate.open()
+        result = await asyncio.wait_for(job, timeout=600)
+    finally:
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(BaseException):
+                await job
+        if not replaced:
+            ray_cluster.replace_node_b()
+
+    summary = result.summary
+    assert summary.status == "finished" and summary.n_trials == summary.n_finished == 2 and summary.n_errored == 0
+    assert all(t.rewards == {"reward": 1.0} for t in result.trials)
+    for victim in victims:
+        first = read_json(jobs_dir / name / victim / "result.json")
+        assert (first["error"]["type"], first["outage"], first["will_retry"]) == ("RayNodeError", True, True)
+    nodes = read_json(jobs_dir / name / "results.json")["nodes"]
+    assert (nodes[old_b[:12]]["lost"], nodes[new_b[:12]]["lost"], nodes[new_b[:12]]["tries"]) == (True, False, 2)
     assert await job_containers(name) == []
