@@ -102,10 +102,11 @@ class NodeGateway:
         return await self.gateway.close_trial(api_key)
 
     async def read(self, api_key: str, offset: int, size: int, whole_lines: bool) -> bytes:
-        """Up to `size` bytes of a trial's trajectory from `offset` (empty at its end); `whole_lines` (the
-        trial still open, a line possibly half written): up to the last line end."""
+        """Up to `size` bytes of a trial's trajectory from `offset` (empty at its end). `whole_lines` (the
+        trial still open, its last line possibly half written): a chunk that reaches the file's end stops at
+        its last line end (a full chunk is sent whole: the next one follows at once)."""
         data = await asyncio.to_thread(_read_chunk, self._trajectories[api_key], offset, size)
-        return data[: data.rfind(b"\n") + 1] if whole_lines else data
+        return data[: data.rfind(b"\n") + 1] if whole_lines and len(data) < size else data
 
     async def release(self, access: TrialAccess) -> None:
         await self.gateway.release_route(access)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -43,16 +44,16 @@ def _parent(pid: int) -> int:
         return 0
 
 
-async def _watch(job_dir: Path, gateways: dict[int, bytes], first_seen: dict[str, int]) -> None:
-    """While the job runs: every gateway process with its parent's command line, and per try how many lines
-    its trajectory in the job directory had when it was first seen with any."""
+async def _watch(job_dir: Path, gateways: dict[int, bytes], first_seen: dict[str, float]) -> None:
+    """While the job runs: every gateway process with its parent's command line, and per try when its
+    trajectory in the job directory was first seen with a whole line."""
     while True:
         for pid in _descendants(os.getpid()):
             if b"evalkit.gateway.process" in _cmdline(pid) and pid not in gateways:
                 gateways[pid] = _cmdline(_parent(pid))
         for trajectory in job_dir.glob("*/agent/litellm-trajectory.jsonl"):
-            if trajectory.parent.parent.name not in first_seen and (data := trajectory.read_bytes()):
-                first_seen[trajectory.parent.parent.name] = data.count(b"\n")
+            if trajectory.parent.parent.name not in first_seen and b"\n" in trajectory.read_bytes():
+                first_seen[trajectory.parent.parent.name] = time.time()
         await asyncio.sleep(0.1)
 
 
@@ -80,7 +81,7 @@ async def test_agents_in_containers_on_both_nodes_reach_the_model_through_their_
         deployments = [{"model": f"hosted_vllm/{MODEL}", "api_base": u.url, "api_key_env": "EVALKIT_TEST_RAY_UPSTREAM_KEY"}
                        for u in (first, second)]
         gateways: dict[int, bytes] = {}
-        first_seen: dict[str, int] = {}
+        first_seen: dict[str, float] = {}
         watcher = asyncio.ensure_future(_watch(jobs_dir / name, gateways, first_seen))
         result = await evaluate({
             "job_name": name, "jobs_dir": str(jobs_dir), "n_concurrent": 4,
@@ -108,7 +109,7 @@ async def test_agents_in_containers_on_both_nodes_reach_the_model_through_their_
         assert [line["seq"] for line in lines] == list(range(len(lines)))  # whole, in order, over many chunks
         assert trial.agent_outcome.usage.n_calls == len(lines) and trial.agent_outcome.usage.trajectory_error is None
         homes[trial.trial_name] = {line["deployment"] for line in upstream_lines}
-        assert 0 < first_seen[trial.trial_name] < len(lines)  # its first calls showed up while the agent ran
+        assert first_seen[trial.trial_name] < max(line["timing"]["end"] for line in lines)  # lines showed up while the agent ran
         total += len(upstream_lines)
     assert total == calls  # every upstream call once, in the driver's job directory
     assert all(len(h) == 1 for h in homes.values())  # each trial stuck to one replica
