@@ -38,6 +38,22 @@ def _node_agent_pid(raylet_pid: int) -> int:
     return pid
 
 
+def _kill_node_b(ray_cluster: RayTestCluster) -> None:
+    """Node B dies: its evalkit actor and its raylet, SIGKILLed by PID."""
+    ray_cluster.snapshot()
+    raylet = ray_cluster.raylet_pid(ray_cluster.node_b)
+    os.kill(_node_agent_pid(raylet), signal.SIGKILL)
+    os.kill(raylet, signal.SIGKILL)
+
+
+async def _stop(job: asyncio.Future) -> None:
+    """A job the test leaves running when it fails: cancelled, and its clean-up awaited."""
+    if not job.done():
+        job.cancel()
+        with contextlib.suppress(BaseException):
+            await job
+
+
 def two_node_job(name: str, jobs_dir: Path, tasks: list[Path], **ray: object) -> dict:
     """Four tries in flight over both nodes (two each: the second node gets tries even though images follow
     them), infrastructure errors retried."""
@@ -58,14 +74,10 @@ async def test_a_node_killed_mid_job_loses_no_trial(ray_cluster: RayTestCluster,
         while not (victims := await _running_on(name, node_b)):
             assert not job.done(), "the job ended before anything ran on node B"
             await asyncio.sleep(0.2)
-        ray_cluster.snapshot()
-        raylet = ray_cluster.raylet_pid(ray_cluster.node_b)
-        os.kill(_node_agent_pid(raylet), signal.SIGKILL)
-        os.kill(raylet, signal.SIGKILL)
+        _kill_node_b(ray_cluster)
         result = await asyncio.wait_for(job, timeout=600)
     finally:
-        if not job.done():
-            job.cancel()
+        await _stop(job)
         ray_cluster.replace_node_b()
 
     summary = result.summary
@@ -100,10 +112,7 @@ async def test_a_node_that_comes_alive_removes_what_the_lost_one_left_and_takes_
             return len(await _running_on(name, old_b)) == 2 and len(await job_containers(name)) == 4
         await until(all_waiting, "four tries held at the gate")
         victims = await _running_on(name, old_b)
-        ray_cluster.snapshot()
-        raylet = ray_cluster.raylet_pid(ray_cluster.node_b)
-        os.kill(_node_agent_pid(raylet), signal.SIGKILL)
-        os.kill(raylet, signal.SIGKILL)
+        _kill_node_b(ray_cluster)
         caplog.set_level(logging.WARNING, logger="evalkit.environments.ray_cluster")
         ray_cluster.drop_node_b()
         broken = ray_cluster.add_node_without_docker()  # comes alive first, cannot join: refused, nothing left
@@ -130,10 +139,7 @@ async def test_a_node_that_comes_alive_removes_what_the_lost_one_left_and_takes_
         gate.open()
         result = await asyncio.wait_for(job, timeout=600)
     finally:
-        if not job.done():
-            job.cancel()
-            with contextlib.suppress(BaseException):
-                await job
+        await _stop(job)
         if not replaced:
             ray_cluster.replace_node_b()
         if broken is not None:
@@ -169,10 +175,7 @@ async def test_every_node_lost_pauses_the_job_until_a_node_comes_alive(
             return len(await _running_on(name, old_b)) == 2
         await until(both_waiting, "both tries held at the gate on node B")
         victims = await _running_on(name, old_b)
-        ray_cluster.snapshot()
-        raylet = ray_cluster.raylet_pid(ray_cluster.node_b)
-        os.kill(_node_agent_pid(raylet), signal.SIGKILL)
-        os.kill(raylet, signal.SIGKILL)
+        _kill_node_b(ray_cluster)
 
         async def recorded() -> bool:
             assert not job.done(), "the job stopped when its last node was lost"
@@ -188,10 +191,7 @@ async def test_every_node_lost_pauses_the_job_until_a_node_comes_alive(
         gate.open()
         result = await asyncio.wait_for(job, timeout=600)
     finally:
-        if not job.done():
-            job.cancel()
-            with contextlib.suppress(BaseException):
-                await job
+        await _stop(job)
         if not replaced:
             ray_cluster.replace_node_b()
 
