@@ -60,6 +60,12 @@ class TrialError(Exception):
     kind: ClassVar[ErrorKind] = "infrastructure"
 
 
+def kind_of(error: type[BaseException]) -> ErrorKind:
+    """Whose failure an error of this type is before anything else is known: a typed error says; any other
+    exception is the machine's."""
+    return error.kind if issubclass(error, TrialError) else "infrastructure"
+
+
 # ------------------------------------------------------------------------------------------- task
 
 

@@ -50,6 +50,7 @@ from evalkit.errors import (
     JobFailedError,
     TrialError,
     TryDeadlineError,
+    kind_of,
 )
 from evalkit.gateway.routes import CONTAINER_DIR
 from evalkit.healthcheck import run_healthcheck
@@ -197,7 +198,7 @@ def error_info(exc: BaseException, *, phase: str, agent_started: bool) -> ErrorI
     """An exception as a result's error. After the agent started, what is not the verifier's is the agent's
     (it may have caused it), unless the engine itself went away."""
     typed = isinstance(exc, TrialError)
-    kind = exc.kind if isinstance(exc, TrialError) else "infrastructure"
+    kind = kind_of(type(exc))
     if agent_started and kind == "infrastructure" and not isinstance(exc, DockerUnavailableError | GatewayLostError):
         kind = "agent"
     message = str(exc) or type(exc).__name__

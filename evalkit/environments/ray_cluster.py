@@ -54,7 +54,7 @@ from evalkit.environments.base import (
 from evalkit.environments.docker import DockerBackend, image_views
 from evalkit.environments.images import tar_directory
 from evalkit.environments.ray_routes import NodeGateway, NodeRoutes, RouteSetup
-from evalkit.errors import ConfigError, EnvironmentBuildError, InfrastructureError, RayNodeError, TrialError
+from evalkit.errors import ConfigError, EnvironmentBuildError, InfrastructureError, RayNodeError, kind_of
 from evalkit.results import DownloadReport, ImageSummary, NodeStats, ResourceEnvelope
 
 if TYPE_CHECKING:
@@ -536,7 +536,7 @@ class RayBackend:
             node.failures += 1
             raise RayNodeError(f"Ray node {node.label} ({node.address}) failed while {doing}: {type(exc).__name__}") from None
         self.health.record(time.monotonic() - started)
-        if not outcome[0] and _kind(outcome[1][0]) == "infrastructure":
+        if not outcome[0] and kind_of(outcome[1][0]) == "infrastructure":
             node.failures += 1  # its engine failed (a task's or an agent's failure is not the node's)
         return outcome
 
@@ -809,11 +809,6 @@ class RayEnvironment:
 
     async def _call_on(self, node: Node, method: str, doing: str, *args: Any) -> Any:
         return _value(*await self.backend.call_raw(node, method, doing, self.env_id, *args))
-
-
-def _kind(error: type[Exception]) -> str:
-    """Whose failure an error raised on a node is (as `trial.error_info` records it)."""
-    return error.kind if issubclass(error, TrialError) else "infrastructure"
 
 
 def _value(ok: bool, value: Any, *_: Any) -> Any:
