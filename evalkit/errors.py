@@ -142,6 +142,17 @@ class RayNodeError(DockerUnavailableError):
     machine failed, whatever the phase."""
 
 
+def says_machine_went_away(error_type: str) -> bool:
+    """Whether a recorded error's type is one of the engine's going away (`DockerUnavailableError` or a kind
+    of it, such as a lost Ray node)."""
+    pending, names = [DockerUnavailableError], set()
+    while pending:
+        cls = pending.pop()
+        names.add(cls.__name__)
+        pending += cls.__subclasses__()
+    return error_type in names
+
+
 # ------------------------------------------------------------------------------------------- agent
 
 

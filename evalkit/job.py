@@ -37,9 +37,9 @@ from evalkit.errors import (
     EvalkitError,
     InfrastructureError,
     JobFailedError,
-    RayNodeError,
     TaskConfigError,
     TrialError,
+    says_machine_went_away,
 )
 from evalkit.gateway import Gateway, LLMApiConfig
 from evalkit.lock import JobLock
@@ -543,7 +543,7 @@ class Job:
         using up the trial's retries."""
         if result.error is not None:
             if backend.outages != outages or not await backend.answers():
-                if result.error.type not in (DockerUnavailableError.__name__, RayNodeError.__name__):
+                if not says_machine_went_away(result.error.type):
                     result.error = result.error.model_copy(update={
                         "type": DockerUnavailableError.__name__, "kind": "infrastructure",
                         "message": f"the Docker engine went away during this try (seen as {result.error.type}: {result.error.message})",
